@@ -1,0 +1,30 @@
+"""Where things are: the repository, its data, the shared data folder, run directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHARED_DATA_ENV = "MLCWB_SHARED_DATA"
+
+
+def repo_root() -> Path:
+    """The checkout that holds ``data/`` and ``notebooks/`` (mlcwb is installed editable)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    return repo_root() / "data"
+
+
+def shared_data_dir() -> Path:
+    """Third-party datasets kept outside the repo (``../shared/data`` or ``$MLCWB_SHARED_DATA``)."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    return Path(env) if env else repo_root().parent / "shared" / "data"
+
+
+def run_dir(path: str | Path) -> Path:
+    """A run directory (``runs/<name>/``), created if missing; relative paths are taken as given."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,10 @@
+"""Smoke-size papermill parameters per notebook, kept in one place.
+
+The notebooks' own defaults run in minutes; these run in the test suite's time budget.
+"""
+
+from __future__ import annotations
+
+SMOKE: dict[str, dict] = {
+    "00_quickstart": {"max_new_tokens": 24},
+}
