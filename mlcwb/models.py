@@ -226,7 +226,7 @@ def byte_tokenizer() -> Any:
 
     It covers every script, so tiny test models accept the whole multilingual corpus.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -237,6 +237,9 @@ def byte_tokenizer() -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
+    # Like most base-model tokenizers, raw text gets a BOS; chat-formatted text must not.
+    core.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|im_end|>",
         pad_token="<|endoftext|>", unk_token="<|endoftext|>",

@@ -1,0 +1,234 @@
+"""Generate responses to prompt sets, batched and resumable, as JSONL rows in a run directory.
+
+Safety is measured on what a model *says*, so every evaluation starts here. Generation is
+batched (left padding, KV cache, a max-new-tokens bound, stop on end-of-turn) because one prompt
+at a time is several times slower on a CPU; greedy batched output is checked against one-at-a-time
+output in the tests, so batching changes the speed and never the answers. Each finished response
+is appended to a JSONL file at once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from mlcwb.errors import ConfigError, DataError, EvaluationError
+from mlcwb.io import append_jsonl, read_jsonl, write_jsonl
+from mlcwb.models import encode_prompts, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["id", "lang", "prompt", "response", "harmful", "borderline", "category", "model",
+           "settings"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (prompt, language) pair to answer."""
+
+    id: str
+    lang: str
+    prompt: str
+    harmful: bool | None
+    borderline: bool
+    category: str
+
+
+def _jobs(prompts: Any, langs: Sequence[str] | None) -> list[Job]:
+    """Flatten a PromptSet (or a list of Prompt objects, or plain strings) into jobs, language-major.
+
+    Plain strings get ids ``p0000...`` and the single language ``langs[0]`` (default ``"und"``),
+    so quick experiments need no PromptSet.
+    """
+    items = list(getattr(prompts, "prompts", prompts))
+    if not items:
+        raise DataError("No prompts to generate from; select a non-empty split or language.")
+    if all(isinstance(p, str) for p in items):
+        if langs is not None and len(langs) != 1:
+            raise ConfigError("Plain-string prompts have one language; pass langs=[code] or None.")
+        lang = langs[0] if langs else "und"
+        return [Job(f"p{i:04d}", lang, text, None, False, "") for i, text in enumerate(items)]
+    if langs is None:
+        langs = getattr(prompts, "languages", None) or ["en"]
+    jobs = []
+    for lang in langs:
+        for p in items:
+            if lang not in p.text:
+                raise DataError(f"Prompt {p.id!r} has no {lang!r} text; select languages present "
+                                f"in every prompt (PromptSet.languages) or translate first.")
+            jobs.append(Job(p.id, lang, p.text[lang], bool(p.harmful),
+                            bool(getattr(p, "borderline", False)), getattr(p, "category", "")))
+    return jobs
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS, the model's, and ChatML's ``<|im_end|>``."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(ids)
+
+
+def settings_dict(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                  seed: int, chat_template: bool) -> dict[str, Any]:
+    """What decides a response besides the model and the prompt: the resume key's second half.
+
+    Batch size is not part of it: greedy output does not depend on it (tested).
+    """
+    s: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "do_sample": bool(do_sample),
+                         "chat_template": bool(chat_template)}
+    if do_sample:
+        s.update(temperature=float(temperature), top_p=float(top_p), seed=int(seed))
+    return s
+
+
+@torch.inference_mode()
+def generate_texts(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int = 64,
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   chat_template: bool = True) -> list[str]:
+    """Answer one batch of prompts (left-padded, KV cache); returns the decoded new text.
+
+    The attention mask tells ``generate`` which positions are padding, and it derives position ids
+    from the mask, so a left-padded prompt sees the same positions as it would alone.
+    """
+    device = next(model.parameters()).device
+    enc = encode_prompts(tokenizer, texts, chat_template=chat_template).to(device)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=_eos_ids(model, tokenizer))
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(**enc, **kwargs)
+    new = out if model.config.is_encoder_decoder else out[:, enc["input_ids"].shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def _done_rows(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[tuple[str, str], dict]:
+    """Rows already in ``path`` for this model and settings; repairs a truncated last line.
+
+    A run killed mid-append leaves a partial line; it is dropped (that response is redone) so the
+    next append does not glue a new row onto it.
+    """
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    rows = read_jsonl(path, skip_partial_last=True)
+    if raw and not raw.endswith(b"\n"):
+        log.warning("%s ends with a partial line (interrupted run); dropping it", path)
+        write_jsonl(path, rows)
+    return {(r["id"], r["lang"]): r for r in rows
+            if r.get("model") == fingerprint and r.get("settings") == settings}
+
+
+def generate(model: Any, tokenizer: Any, prompts: Any, langs: Sequence[str] | None = None,
+             max_new_tokens: int = 64, batch_size: int = 16, out_path: str | Path | None = None,
+             do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
+             seed: int = 0, chat_template: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Answer every prompt in every language; returns one row per (prompt, language).
+
+    ``prompts`` is a PromptSet, a list of Prompt objects, or a list of strings. With ``out_path``
+    each response is appended as soon as its batch finishes and rows already there (same model
+    fingerprint and settings) are skipped, so a rerun only does what is missing. Prompts are
+    sorted by length inside each language so that a batch wastes little on padding. Sampling
+    (``do_sample=True``) is seeded per batch: reproducible for the same seed, batch size and
+    prompt order.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ConfigError("max_new_tokens and batch_size must be >= 1.")
+    jobs = _jobs(prompts, langs)
+    keys = [(j.id, j.lang) for j in jobs]
+    if len(set(keys)) != len(keys):
+        raise DataError("Duplicate (prompt id, language) pairs; prompt ids must be unique.")
+    fingerprint = model_fingerprint(model)
+    settings = settings_dict(max_new_tokens, do_sample, temperature, top_p, seed, chat_template)
+    out = Path(out_path) if out_path else None
+    done = _done_rows(out, fingerprint, settings) if out else {}
+    todo = [j for j in jobs if (j.id, j.lang) not in done]
+    if done:
+        log.info("resuming: %d of %d responses already in %s", len(jobs) - len(todo), len(jobs), out)
+    lengths = {j: len(tokenizer(j.prompt, add_special_tokens=False)["input_ids"]) for j in todo}
+    todo.sort(key=lambda j: (j.lang, -lengths[j]))
+    results = dict(done)
+    bar = tqdm(total=len(todo), desc="generate", disable=not progress or not todo)
+    for b, start in enumerate(range(0, len(todo), batch_size)):
+        batch = todo[start:start + batch_size]
+        if do_sample:
+            torch.manual_seed(seed * 1_000_003 + b)
+        try:
+            texts = generate_texts(model, tokenizer, [j.prompt for j in batch], max_new_tokens,
+                                   do_sample, temperature, top_p, chat_template)
+        except (RuntimeError, ValueError) as exc:
+            raise EvaluationError(f"Generation failed on a batch of {len(batch)} prompts "
+                                  f"({batch[0].lang}, first id {batch[0].id}): {exc}. Try a smaller "
+                                  f"batch_size or max_new_tokens.") from exc
+        for job, text in zip(batch, texts):
+            row = {"id": job.id, "lang": job.lang, "prompt": job.prompt, "response": text,
+                   "harmful": job.harmful, "borderline": job.borderline, "category": job.category,
+                   "model": fingerprint, "settings": settings}
+            if out:
+                append_jsonl(out, row)
+            results[(job.id, job.lang)] = row
+        bar.update(len(batch))
+    bar.close()
+    return pd.DataFrame([results[k] for k in keys], columns=COLUMNS)
+
+
+def load_responses(path: str | Path) -> pd.DataFrame:
+    """The rows of a generation file (tolerating a truncated last line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path} does not exist; run generate(..., out_path={str(path)!r}).")
+    return pd.DataFrame(read_jsonl(path, skip_partial_last=True), columns=COLUMNS)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from mlcwb.data import load_corpus, load_multijail
+    from mlcwb.judges import RefusalJudge, apply_judge
+    from mlcwb.models import load_model
+    from mlcwb.report import language_metrics
+
+    prompts = load_multijail(args.multijail) if args.multijail else load_corpus(args.langs)
+    if args.split and not args.multijail:
+        prompts = prompts.select(split=args.split)
+    if args.limit:
+        prompts = type(prompts)(prompts.prompts[:args.limit], name=prompts.name)
+    model, tokenizer = load_model(args.model, device=args.device)
+    frame = generate(model, tokenizer, prompts, args.langs, args.max_new_tokens, args.batch_size,
+                     out_path=args.out)
+    judged = apply_judge(frame, RefusalJudge())
+    print(language_metrics(judged).to_string())
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mlcwb evaluate``: generate, judge with the refusal judge, print per-language rates."""
+    p = subparsers.add_parser("evaluate", help="generate responses and report safety per language")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, local dir or hub id")
+    p.add_argument("--langs", nargs="+", default=None, help="language codes (default: all present)")
+    p.add_argument("--split", default="test", help="corpus split (ignored for --multijail)")
+    p.add_argument("--multijail", help="MultiJail CSV path or hub id instead of the corpus")
+    p.add_argument("--limit", type=int, default=0, help="first N prompts only (0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="JSONL file for the responses (resumable)")
+    p.set_defaults(func=_cli)
+
+
+__all__ = ["COLUMNS", "add_cli", "generate", "generate_texts", "load_responses", "settings_dict"]

@@ -1,0 +1,578 @@
+"""Hidden states per (prompt, language, layer): batched, exact, early-exiting, cached.
+
+Every geometry picture and the MLC loss read a model's hidden state at some position of a prompt.
+This module owns that reading:
+
+* ``encode_with_content`` tokenizes prompts through ``mlcwb.models.encode_prompts`` (the one
+  tokenization path) and also marks which tokens belong to the user's own text inside the
+  chat-formatted prompt, so a pooling can look at the content rather than the template.
+* ``pool_hidden`` turns ``(batch, seq, hidden)`` states into one vector per prompt. It is the one
+  implementation of "last prompt token"; training reuses it, so it is differentiable and correct for
+  left- and right-padded batches alike.
+* ``extract`` runs prompts through the model's backbone only (no LM head, no logits), stops after
+  the deepest requested block, sorts prompts by length so batches carry little padding, and caches
+  the result in a run directory.
+
+Layer indices follow ``output_hidden_states``: 0 is the embedding output (the input of block 1),
+``i`` is the output of block ``i``, and ``num_hidden_layers`` is the output of the last block *after
+the final norm* (HF replaces the raw last-block output by the normed one). Negative indices count
+from the end, so ``-1`` is the final-norm output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mlcwb.errors import CacheError, ConfigError, ExtractionError, LanguageError
+from mlcwb.io import atomic_write_bytes, atomic_write_json
+from mlcwb.models import encode_prompts, format_prompt, model_fingerprint
+
+if TYPE_CHECKING:
+    from mlcwb.data import PromptSet
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("last", "content_last", "content_mean", "mean")
+"""``last``: last non-pad token; with a chat template that is the last token of the generation
+prompt (``<|im_start|>assistant\\n``), the position the paper pools and the one the first answer
+token is predicted from. ``content_last``: last token of the user's text. ``content_mean``: mean
+over the user's text. ``mean``: mean over every non-pad token (template included)."""
+
+CACHE_VERSION = 1
+_SENTINEL = "\uE000mlcwb-user-text\uE001"  # private-use chars: never in a real prompt or template
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding and pooling
+# --------------------------------------------------------------------------------------------
+
+def _user_span(tokenizer: Any, text: str, chat_template: bool) -> tuple[int, int]:
+    """Character span ``[start, end)`` of ``text`` inside ``format_prompt(tokenizer, text)``.
+
+    The template is rendered once around a sentinel to learn its prefix and suffix, so a user text
+    that also occurs in the system prompt or in the template (``"assistant"``) is still found at
+    the right place. Templates that rewrite the content (e.g. trim it) fall back to the last
+    occurrence of the stripped text.
+    """
+    formatted = format_prompt(tokenizer, text, chat_template)
+    framed = format_prompt(tokenizer, _SENTINEL, chat_template)
+    if framed.count(_SENTINEL) == 1:
+        prefix, suffix = framed.split(_SENTINEL)
+        if formatted == prefix + text + suffix:
+            return len(prefix), len(prefix) + len(text)
+    core = text.strip()
+    start = formatted.rfind(core) if core else -1
+    if start < 0:
+        raise ExtractionError(
+            f"The chat template changed the user text beyond recognition, so its tokens cannot be "
+            f"located (text starts {text[:40]!r}). Use pooling='last' or 'mean', or "
+            f"chat_template=False."
+        )
+    return start, start + len(core)
+
+
+def encode_with_content(tokenizer: Any, texts: Sequence[str], chat_template: bool = True,
+                        padding_side: str = "left") -> Any:
+    """Tokenize prompts like ``encode_prompts`` and add ``content_mask`` (1 on user-text tokens).
+
+    A token counts as content when its character span overlaps the user's text in the formatted
+    prompt (fast tokenizers' offset mapping). Slow tokenizers have no offsets: there the content
+    tokens are located by tokenizing the prefix before and through the user text and taking the
+    difference, which can be off by one token where a merge crosses the boundary (a warning says so).
+    """
+    texts = list(texts)
+    spans = [_user_span(tokenizer, t, chat_template) for t in texts]
+    if getattr(tokenizer, "is_fast", False):
+        enc = encode_prompts(tokenizer, texts, chat_template=chat_template,
+                             padding_side=padding_side, return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")
+        starts = torch.tensor([s for s, _ in spans]).unsqueeze(1)
+        ends = torch.tensor([e for _, e in spans]).unsqueeze(1)
+        overlap = (offsets[..., 0] < ends) & (offsets[..., 1] > starts)
+        enc["content_mask"] = (overlap & enc["attention_mask"].bool()).long()
+        return enc
+    log.warning("%s is a slow tokenizer (no offset mapping): user-text tokens are located by "
+                "prefix token counts and may be off by one at the boundaries.",
+                type(tokenizer).__name__)
+    enc = encode_prompts(tokenizer, texts, chat_template=chat_template, padding_side=padding_side)
+    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    content = torch.zeros_like(enc["attention_mask"])
+    width = content.shape[1]
+    for row, (text, (start, end)) in enumerate(zip(texts, spans)):
+        formatted = format_prompt(tokenizer, text, chat_template)
+        count = lambda s: len(tokenizer(s, add_special_tokens=not templated)["input_ids"])  # noqa: E731
+        length = int(enc["attention_mask"][row].sum())
+        pad = width - length if padding_side == "left" else 0
+        first, last = count(formatted[:start]), count(formatted[:end])
+        content[row, pad + first: pad + max(last, first + 1)] = 1
+    enc["content_mask"] = content * enc["attention_mask"]
+    return enc
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "last",
+                content_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per sequence from ``hidden`` of shape ``(batch, seq, dim)`` -> ``(batch, dim)``.
+
+    Positions come from the masks, never from the padding side, so left- and right-padded batches
+    give the same vectors. Gradients flow to ``hidden`` (gather / masked sum), so training reuses
+    this exact code. Pad positions are zero-filled rather than multiplied by 0, so a NaN at a pad
+    position cannot leak into a mean. Means accumulate in float32.
+    """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ExtractionError(
+            f"pool_hidden needs hidden (batch, seq, dim) and a (batch, seq) mask; got "
+            f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}.")
+    mask = attention_mask.bool()
+    if pooling.startswith("content"):
+        if content_mask is None:
+            raise ExtractionError(f"pooling={pooling!r} needs content_mask (from "
+                                  f"mlcwb.extract.encode_with_content).")
+        mask = mask & content_mask.bool()
+    counts = mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        rows = torch.nonzero(counts == 0).flatten().tolist()
+        raise ExtractionError(f"pooling={pooling!r}: rows {rows[:10]} have no token to pool "
+                              f"(empty text or all padding).")
+    if pooling in ("last", "content_last"):
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        index = torch.where(mask, positions, torch.full_like(positions, -1)).amax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+    summed = hidden.masked_fill(~mask.unsqueeze(-1), 0).sum(dim=1, dtype=torch.float32)
+    return (summed / counts.unsqueeze(-1).to(torch.float32)).to(hidden.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Representations
+# --------------------------------------------------------------------------------------------
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+
+
+@dataclass
+class Representations:
+    """Pooled hidden states, float32 ``(n_prompts, n_langs, n_layers, hidden)``.
+
+    ``layers`` holds ``hidden_states`` indices (0 = embeddings, ``num_hidden_layers`` = after the
+    final norm); ``texts[p][l]`` is the text of prompt ``p`` in language ``languages[l]``.
+    """
+
+    values: np.ndarray
+    prompt_ids: list[str]
+    languages: list[str]
+    layers: list[int]
+    pooling: str
+    model_fingerprint: str
+    harmful: list[bool] | None = None
+    texts: list[list[str]] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        want = (len(self.prompt_ids), len(self.languages), len(self.layers))
+        if self.values.ndim != 4 or self.values.shape[:3] != want:
+            raise ExtractionError(f"values has shape {self.values.shape}; expected {want} + (hidden,) "
+                                  f"from prompt_ids, languages and layers.")
+
+    def layer(self, layer: int) -> np.ndarray:
+        """``(n_prompts, n_langs, hidden)`` at one ``hidden_states`` index (must have been extracted)."""
+        if layer not in self.layers:
+            raise ExtractionError(f"Layer {layer} was not extracted; available: {self.layers}.")
+        return self.values[:, :, self.layers.index(layer)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` (values) then ``<path>.json`` (everything else + checksum).
+
+        The sidecar is written last and records the values file's sha256, so a half-written pair
+        or a damaged values file is detected on load.
+        """
+        from safetensors.numpy import save as st_save
+
+        values_path, meta_path = _paths(path)
+        blob = st_save({"values": np.ascontiguousarray(self.values, dtype=np.float32)})
+        atomic_write_bytes(values_path, blob)
+        atomic_write_json(meta_path, {
+            "format": "mlcwb.Representations", "version": CACHE_VERSION,
+            "values_file": values_path.name, "values_sha256": hashlib.sha256(blob).hexdigest(),
+            "shape": list(self.values.shape), "prompt_ids": self.prompt_ids,
+            "languages": self.languages, "layers": self.layers, "pooling": self.pooling,
+            "model_fingerprint": self.model_fingerprint, "harmful": self.harmful,
+            "texts": self.texts, "meta": self.meta,
+        })
+        return values_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Representations":
+        """Read a pair written by ``save``; ``CacheError`` if either file is missing or damaged."""
+        from safetensors.numpy import load as st_load
+
+        values_path, meta_path = _paths(path)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            blob = values_path.read_bytes()
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CacheError(f"Cannot read representations at {values_path} / {meta_path}: {exc}. "
+                             f"Delete them to recompute.") from exc
+        if meta.get("format") != "mlcwb.Representations" or \
+                hashlib.sha256(blob).hexdigest() != meta.get("values_sha256"):
+            raise CacheError(f"{values_path} does not match its sidecar {meta_path.name} (truncated "
+                             f"or overwritten); delete both to recompute.")
+        try:
+            values = st_load(blob)["values"]
+            return cls(values=values, prompt_ids=meta["prompt_ids"], languages=meta["languages"],
+                       layers=meta["layers"], pooling=meta["pooling"],
+                       model_fingerprint=meta["model_fingerprint"], harmful=meta.get("harmful"),
+                       texts=meta.get("texts"), meta=meta.get("meta") or {})
+        except Exception as exc:  # safetensors and __post_init__ raise their own types
+            raise CacheError(f"{values_path}: unreadable representations ({exc}); delete it to "
+                             f"recompute.") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# The backbone: run blocks, capture states, stop early
+# --------------------------------------------------------------------------------------------
+
+class _StopForward(Exception):
+    """Raised by a hook after the deepest requested block: the rest of the forward is skipped."""
+
+
+@dataclass
+class _Backbone:
+    module: torch.nn.Module  # decoder stack (decoder-only) or encoder stack (encoder-decoder)
+    blocks: torch.nn.ModuleList
+    n_layers: int
+    takes_position_ids: bool
+
+
+def _backbone(model: Any) -> _Backbone:
+    """The stack whose blocks produce ``hidden_states``; never the LM head."""
+    config = getattr(model, "config", None)
+    n_layers = getattr(config, "num_hidden_layers", None)
+    try:
+        if getattr(config, "is_encoder_decoder", False):
+            module = model.get_encoder()
+        else:
+            module = model.get_decoder() if hasattr(model, "get_decoder") else None
+            module = module if module is not None else getattr(model, "model", None)
+    except (AttributeError, NotImplementedError):
+        module = None
+    blocks = None
+    if isinstance(module, torch.nn.Module) and isinstance(n_layers, int):
+        for _name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers:
+                blocks = child
+                break
+    if blocks is None:
+        raise ExtractionError(
+            f"{type(model).__name__} exposes no hidden states mlcwb can read: it needs a "
+            f"transformers config with num_hidden_layers and a decoder (get_decoder()/.model) or "
+            f"encoder (get_encoder()) holding that many blocks in an nn.ModuleList.")
+    params = inspect.signature(module.forward).parameters
+    return _Backbone(module, blocks, n_layers, "position_ids" in params)
+
+
+def num_layers(model: Any) -> int:
+    """Number of blocks; valid layer indices are ``0 .. num_layers(model)`` (last = after final norm)."""
+    return _backbone(model).n_layers
+
+
+def _normalize_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers + 1))
+    if isinstance(layers, int):
+        layers = [layers]
+    out: list[int] = []
+    for layer in layers:
+        if not isinstance(layer, (int, np.integer)) or not -(n_layers + 1) <= layer <= n_layers:
+            raise ExtractionError(
+                f"Layer {layer!r} is out of range: this model has {n_layers} blocks, so valid "
+                f"hidden_states indices are 0..{n_layers} (0 = embeddings, {n_layers} = after the "
+                f"final norm) or -{n_layers + 1}..-1 counted from the end.")
+        layer = int(layer) % (n_layers + 1)
+        if layer not in out:
+            out.append(layer)
+    if not out:
+        raise ExtractionError(f"No layers requested; valid indices are 0..{n_layers}.")
+    return sorted(out)
+
+
+def _forward_states(bb: _Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    layers: list[int]) -> dict[int, torch.Tensor]:
+    """Run the backbone on one batch, return ``{layer: (batch, seq, dim)}``, exiting early.
+
+    Index 0 is read as the input of block 1 (so model-specific embedding scaling is included), index
+    ``i < n`` as the output of block ``i``, index ``n`` as the backbone's final (normed) output.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    handles = []
+
+    def pre_hook(_module, args, kwargs):
+        captured[0] = args[0] if args else kwargs["hidden_states"]
+        if deepest == 0:
+            raise _StopForward
+
+    def post_hook(index: int):
+        def hook(_module, _args, output):
+            captured[index] = output[0] if isinstance(output, (tuple, list)) else output
+            if index == deepest:
+                raise _StopForward
+        return hook
+
+    if 0 in layers:
+        handles.append(bb.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+    for index in layers:
+        if 1 <= index < bb.n_layers:
+            handles.append(bb.blocks[index - 1].register_forward_hook(post_hook(index)))
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if bb.takes_position_ids:
+        # Positions count real tokens only, so a left-padded prompt gets the same rotary angles
+        # as the same prompt alone (HF's plain forward would start them at the first pad).
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if "use_cache" in inspect.signature(bb.module.forward).parameters:
+        kwargs["use_cache"] = False
+    try:
+        out = bb.module(**kwargs)
+        captured[bb.n_layers] = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _trim(enc: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """Rows of a padded encoding, without the columns that are padding in all of them."""
+    sub = {k: v[rows] for k, v in enc.items()}
+    keep = sub["attention_mask"].bool().any(dim=0)
+    return {k: v[:, keep] for k, v in sub.items()}
+
+
+def _pooled_states(model: Any, tokenizer: Any, texts: list[str], layers: list[int], pooling: str,
+                   chat_template: bool, batch_size: int, device: torch.device,
+                   padding_side: str, progress: bool) -> np.ndarray:
+    """``(n_texts, n_layers, dim)`` float32, computed in length-sorted batches."""
+    bb = _backbone(model)
+    enc = encode_with_content(tokenizer, texts, chat_template=chat_template,
+                              padding_side=padding_side)
+    enc = {k: enc[k] for k in ("input_ids", "attention_mask", "content_mask")}
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
+    out: np.ndarray | None = None
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.inference_mode():
+        for rows in tqdm(batches, desc="extract", unit="batch", disable=not progress):
+            batch = {k: v.to(device) for k, v in _trim(enc, rows).items()}
+            states = _forward_states(bb, batch["input_ids"], batch["attention_mask"], layers)
+            pooled = torch.stack([pool_hidden(states[layer], batch["attention_mask"], pooling,
+                                              batch["content_mask"]) for layer in layers], dim=1)
+            pooled = pooled.float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(texts), len(layers), pooled.shape[-1]), dtype=np.float32)
+            out[rows] = pooled
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# extract()
+# --------------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "model"
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+
+def _gather_texts(prompts: "PromptSet | Sequence[str]", langs: Sequence[str] | str | None
+                  ) -> tuple[list[str], list[str], list[list[str]], list[bool] | None]:
+    """``(prompt_ids, languages, texts[p][l], harmful)`` with clear errors for missing/empty text."""
+    if isinstance(prompts, str):
+        raise ExtractionError("extract() takes a PromptSet or a list of texts, not one string; "
+                              "wrap it in a list.")
+    if isinstance(langs, str):
+        langs = [langs]
+    if hasattr(prompts, "prompts"):  # a PromptSet
+        items = list(prompts.prompts)
+        languages = list(langs) if langs is not None else list(prompts.languages)
+        if not languages:
+            raise LanguageError("The PromptSet has no language present for every prompt; pass langs=.")
+        for lang in languages:
+            missing = [p.id for p in items if lang not in p.text]
+            if missing:
+                present = sorted({code for p in items for code in p.text})
+                raise LanguageError(
+                    f"Language {lang!r} is missing for {len(missing)} of {len(items)} prompts "
+                    f"(e.g. {missing[:3]}); languages in this set: {', '.join(present)}. Translate "
+                    f"them first (mlcwb.translate) or drop {lang!r} from langs.")
+        ids = [p.id for p in items]
+        texts = [[p.text[lang] for lang in languages] for p in items]
+        harmful = [bool(p.harmful) for p in items]
+    else:
+        items = list(prompts)
+        if not all(isinstance(t, str) for t in items):
+            raise ExtractionError("extract() takes a PromptSet or a list of strings.")
+        languages = list(langs) if langs is not None else ["und"]
+        if len(languages) != 1:
+            raise ExtractionError("A plain list of texts is one language; pass at most one code in "
+                                  "langs (it only labels the result).")
+        ids = [str(i) for i in range(len(items))]
+        texts = [[t] for t in items]
+        harmful = None
+    if not items:
+        raise ExtractionError("No prompts to extract.")
+    for pid, row in zip(ids, texts):
+        for lang, text in zip(languages, row):
+            if not text or not text.strip():
+                raise ExtractionError(f"Prompt {pid!r} has an empty text in {lang!r}; fill or drop it.")
+    return ids, languages, texts, harmful
+
+
+def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
+            langs: Sequence[str] | str | None = None, layers: Sequence[int] | int | None = None,
+            pooling: str = "last", chat_template: bool = True, batch_size: int = 16,
+            device: str | torch.device | None = None, cache_dir: str | Path | None = None,
+            padding_side: str = "left", progress: bool = True) -> Representations:
+    """Pooled hidden states of every prompt in every language at the requested layers.
+
+    ``layers``: ``hidden_states`` indices (0 = embeddings, ``num_layers(model)`` = after the final
+    norm, negatives from the end; ``None`` = all). ``pooling``: one of ``POOLINGS``. ``device``:
+    where inputs go; ``None`` = the model's device (the model is not moved). Only the backbone runs,
+    up to the deepest requested block; no logits are computed. With ``cache_dir`` (e.g.
+    ``<run>/reps``), a result computed with the same model weights, texts, layers, pooling and
+    template is loaded instead of recomputed; a stale or damaged one is recomputed with a warning.
+    """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+    bb = _backbone(model)
+    layer_list = _normalize_layers(layers, bb.n_layers)
+    ids, languages, texts, harmful = _gather_texts(prompts, langs)
+    fingerprint = model_fingerprint(model)
+    name = getattr(model, "mlcwb_name", None) or getattr(model, "name_or_path", "") or \
+        type(model).__name__
+    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    key = {
+        "version": CACHE_VERSION, "model_fingerprint": fingerprint, "layers": layer_list,
+        "pooling": pooling, "languages": languages, "prompt_ids": ids, "texts": _sha(texts),
+        "template": _sha([templated, getattr(tokenizer, "chat_template", None),
+                          format_prompt(tokenizer, _SENTINEL, chat_template)]),
+    }
+    cache_path = None
+    if cache_dir is not None:
+        slot = _sha([languages, layer_list, ids, templated])[:12]
+        cache_path = Path(cache_dir) / f"{_slug(str(name))}-{pooling}-{slot}.safetensors"
+        cached = _read_cache(cache_path, key)
+        if cached is not None:
+            return cached
+
+    run_device = torch.device(device) if device is not None else next(model.parameters()).device
+    flat = [text for row in texts for text in row]
+    pooled = _pooled_states(model, tokenizer, flat, layer_list, pooling, chat_template, batch_size,
+                            run_device, padding_side, progress)
+    values = pooled.reshape(len(ids), len(languages), len(layer_list), -1)
+    reps = Representations(
+        values=values, prompt_ids=ids, languages=languages, layers=layer_list, pooling=pooling,
+        model_fingerprint=fingerprint, harmful=harmful, texts=texts,
+        meta={"model": str(name), "chat_template": templated, "num_hidden_layers": bb.n_layers,
+              "padding_side": padding_side, "cache_key": key,
+              "layer_convention": "hidden_states: 0=embeddings, i=after block i, "
+                                  f"{bb.n_layers}=after final norm"},
+    )
+    if cache_path is not None:
+        reps.save(cache_path)
+        log.info("saved representations to %s", cache_path)
+    return reps
+
+
+def _read_cache(path: Path, key: dict) -> Representations | None:
+    _, meta_path = _paths(path)
+    if not path.exists() and not meta_path.exists():
+        return None
+    try:
+        reps = Representations.load(path)
+    except CacheError as exc:
+        log.warning("Ignoring a damaged cache, recomputing: %s", exc)
+        return None
+    stored = reps.meta.get("cache_key")
+    if stored != key:
+        changed = sorted(k for k in key if not isinstance(stored, dict) or stored.get(k) != key[k])
+        log.warning("Cached representations at %s were made with a different %s; recomputing.",
+                    path, ", ".join(changed) or "key")
+        return None
+    log.info("loaded cached representations from %s", path)
+    return reps
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def _parse_layers(spec: str) -> list[int] | None:
+    if spec.strip().lower() == "all":
+        return None
+    try:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--layers takes comma-separated integers or 'all', got {spec!r}.") from exc
+
+
+def _cli_extract(args: argparse.Namespace) -> int:
+    from mlcwb.data import load_corpus
+    from mlcwb.models import load_model
+    from mlcwb.paths import run_dir
+
+    langs = [code.strip() for code in args.langs.split(",") if code.strip()] if args.langs else None
+    model, tokenizer = load_model(args.model, device=args.device)
+    prompts = load_corpus(langs)
+    if args.split:
+        prompts = prompts.select(split=args.split.split(","))
+    out = run_dir(args.out) / "reps"
+    reps = extract(model, tokenizer, prompts, langs=langs, layers=_parse_layers(args.layers),
+                   pooling=args.pooling, chat_template=not args.no_chat_template,
+                   batch_size=args.batch_size, cache_dir=out)
+    print(f"{reps.values.shape} (prompts, languages, layers, hidden) -> {out}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``mlcwb extract`` (hidden states of the corpus into ``RUN_DIR/reps/``)."""
+    p = subparsers.add_parser(
+        "extract", help="extract pooled hidden states of the corpus",
+        description="Pooled hidden states of the project corpus, saved (and cached) in RUN_DIR/reps/.")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--langs", default=None, help="comma-separated codes (default: all in corpus)")
+    p.add_argument("--layers", default="all",
+                   help="comma-separated hidden_states indices, negatives from the end, or 'all'")
+    p.add_argument("--pooling", default="last", choices=POOLINGS)
+    p.add_argument("--split", default=None, help="train, dev, test or a comma list (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="run directory; results go to RUN_DIR/reps/")
+    p.set_defaults(func=_cli_extract)
+
+
+__all__ = ["POOLINGS", "Representations", "add_cli", "encode_with_content", "extract",
+           "num_layers", "pool_hidden"]

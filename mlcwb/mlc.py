@@ -1,0 +1,261 @@
+"""The Multi-Lingual Consistency (MLC) loss, its extractor head and its variants.
+
+The idea (DESIGN.md section 5): the representations of one prompt in L languages should point the
+same way. Stack the L (extracted, L2-normalised) vectors into Z (L x d). If they are collinear, Z
+has rank 1 and its first singular value carries all the energy. The official loss turns the
+singular values into logits ``(s / stopgrad(s1)) / tau`` and asks cross-entropy for index 0.
+
+Two numerical choices matter and are proved by tests:
+
+* The loss is a function of the singular values *only* (``torch.linalg.svdvals``). SVD's backward
+  divides by differences of singular values only when singular vectors enter the loss, so identical
+  vectors, L = 2 with equal singular values, or rank-deficient Z all have finite gradients.
+* Everything runs in float32 with autocast off: bf16 singular values of near-collinear vectors are
+  noise, and the loss lives within a few hundredths of its floor.
+
+A zero vector has no direction; it contributes a zero row and no gradient instead of the 1/eps
+gradient a clamped normalisation would send into the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlcwb.errors import ConfigError
+from mlcwb.extract import POOLINGS, pool_hidden
+
+VARIANTS = ("official", "cosine")
+EXTRACTORS = ("linear", "frozen", "identity")
+BATCHINGS = ("separate", "official")
+_EPS = 1e-6
+
+
+@dataclass
+class MLCConfig:
+    """How the MLC term is computed and weighted (paper defaults).
+
+    ``layer`` counts like ``hidden_states`` (0 = embeddings, -1 = after the final norm);
+    ``pooling`` picks the position: ``last`` is the official last prompt token (a chat-template
+    token identical in every language), ``content_last``/``content_mean`` look at the user's words.
+    ``batching="official"`` appends the prompts to the policy batch like the paper's code
+    (padded to it, LM-head logits computed) so the two can be measured side by side.
+    """
+
+    lam: float = 0.8
+    tau: float = 0.2
+    aux_every: int = 2
+    variant: str = "official"
+    extractor: str = "linear"
+    extractor_dim: int = 512
+    extractor_lr: float | None = None  # None: the model's lr
+    layer: int = -1
+    pooling: str = "last"
+    lang_weights: dict[str, float] | None = None
+    batching: str = "separate"
+    batch_size: int = 2  # prompts per MLC step; each brings all its languages
+
+    def validate(self) -> MLCConfig:
+        checks = [
+            (self.variant in VARIANTS, f"mlc.variant {self.variant!r}: use one of {VARIANTS}"),
+            (self.extractor in EXTRACTORS, f"mlc.extractor {self.extractor!r}: use one of {EXTRACTORS}"),
+            (self.pooling in POOLINGS, f"mlc.pooling {self.pooling!r}: use one of {POOLINGS}"),
+            (self.batching in BATCHINGS, f"mlc.batching {self.batching!r}: use one of {BATCHINGS}"),
+            (self.lam >= 0, f"mlc.lam must be >= 0, got {self.lam}"),
+            (self.tau > 0, f"mlc.tau must be > 0, got {self.tau}"),
+            (self.aux_every >= 1, f"mlc.aux_every must be >= 1, got {self.aux_every}"),
+            (self.extractor_dim >= 1, f"mlc.extractor_dim must be >= 1, got {self.extractor_dim}"),
+            (self.batch_size >= 1, f"mlc.batch_size must be >= 1, got {self.batch_size}"),
+            (self.extractor_lr is None or self.extractor_lr >= 0,
+             f"mlc.extractor_lr must be >= 0, got {self.extractor_lr}"),
+            (not self.lang_weights or all(w >= 0 for w in self.lang_weights.values()),
+             "mlc.lang_weights must be non-negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Autocast off (CPU and CUDA) for the block: the MLC math runs in float32."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(device_type="cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast(device_type="cuda", enabled=False))
+        yield
+
+
+def _normalize(z: Tensor) -> Tensor:
+    """Unit rows; rows of (near-)zero norm become zero rows with zero gradient."""
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    ok = norm > _EPS
+    return torch.where(ok, z / torch.where(ok, norm, torch.ones_like(norm)), torch.zeros_like(z))
+
+
+def _as_float32(z: Tensor | list[Tensor]) -> list[Tensor] | Tensor:
+    if isinstance(z, (list, tuple)):
+        return [t.float() for t in z]
+    if z.dim() == 2:
+        z = z.unsqueeze(0)
+    if z.dim() != 3:
+        raise ConfigError(f"MLC expects Z of shape (prompts, languages, dim), got {tuple(z.shape)}")
+    return z.float()
+
+
+def _weigh(zn: Tensor, weights: Tensor | Sequence[float] | None) -> Tensor:
+    if weights is None:
+        return zn
+    w = torch.as_tensor(weights).to(zn)
+    return zn * (w.unsqueeze(-1) if w.dim() == zn.dim() - 1 else w.view(-1, 1))
+
+
+def _official(zn: Tensor, tau: float) -> Tensor:
+    s = torch.linalg.svdvals(zn)  # (..., min(L, d)), descending
+    s_hat = s / s[..., :1].detach().clamp_min(_EPS)
+    return -torch.log_softmax(s_hat / tau, dim=-1)[..., 0]
+
+
+def _cosine(zn: Tensor, weights: Tensor | Sequence[float] | None) -> Tensor:
+    n = zn.shape[-2]
+    sim = zn @ zn.transpose(-1, -2)
+    w = torch.ones(zn.shape[:-1], dtype=zn.dtype, device=zn.device) if weights is None else (
+        torch.as_tensor(weights).to(zn).expand(zn.shape[:-1]))
+    pair = w.unsqueeze(-1) * w.unsqueeze(-2)
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=zn.device), diagonal=1)
+    total = (pair * upper).sum((-1, -2)).clamp_min(_EPS)
+    return 1 - (sim * pair * upper).sum((-1, -2)) / total
+
+
+def mlc_loss(z: Tensor | list[Tensor], tau: float = 0.2, weights: Tensor | Sequence[float] | None = None) -> Tensor:
+    """The official MLC loss, averaged over prompts.
+
+    ``z``: (P, L, D) or (L, D), or a list of (L_i, D) tensors (prompts with different language
+    counts). ``weights``: per-language row weights, (L,) or (P, L) (the paper's "language-aware
+    weighting" future work; only their ratios matter since the loss is scale-free).
+    """
+    with full_precision():
+        z = _as_float32(z)
+        if isinstance(z, list):
+            return torch.stack([mlc_loss(t, tau, weights) for t in z]).mean()
+        return _official(_weigh(_normalize(z), weights), tau).mean()
+
+
+def pairwise_cosine_loss(z: Tensor | list[Tensor], weights: Tensor | Sequence[float] | None = None) -> Tensor:
+    """1 - (weighted) mean pairwise cosine of the L vectors, averaged over prompts.
+
+    The form popular summaries describe; unlike the official loss it is 0 at collinearity.
+    """
+    with full_precision():
+        z = _as_float32(z)
+        if isinstance(z, list):
+            return torch.stack([pairwise_cosine_loss(t, weights) for t in z]).mean()
+        return _cosine(_normalize(z), weights).mean()
+
+
+def mlc_floor(n_langs: int, tau: float = 0.2) -> float:
+    """The official loss at perfect collinearity: log(1 + (L - 1) e^{-1/tau})."""
+    return math.log1p((n_langs - 1) * math.exp(-1.0 / tau))
+
+
+def mlc_objective(z: Tensor | list[Tensor], config: MLCConfig,
+                  weights: Tensor | Sequence[float] | None = None) -> Tensor:
+    """The variant ``config.variant`` of the MLC term (without lambda)."""
+    if config.variant == "cosine":
+        return pairwise_cosine_loss(z, weights)
+    return mlc_loss(z, config.tau, weights)
+
+
+class Extractor(nn.Module):
+    """The head that maps hidden states to the space where MLC is measured (hidden -> 512).
+
+    ``linear`` is trained jointly (official); ``frozen`` is the same random map never trained
+    (so it cannot collapse Z by itself); ``identity`` measures the raw hidden states.
+    Weights are seeded, so the reference projection of a run can be rebuilt from its seed.
+    """
+
+    def __init__(self, hidden_size: int, dim: int = 512, kind: str = "linear", seed: int = 0):
+        super().__init__()
+        if kind not in EXTRACTORS:
+            raise ConfigError(f"extractor kind {kind!r}: use one of {EXTRACTORS}")
+        self.kind, self.hidden_size, self.dim = kind, hidden_size, dim
+        self.proj: nn.Linear | None = None
+        if kind != "identity":
+            generator = torch.Generator().manual_seed(seed)
+            self.proj = nn.Linear(hidden_size, dim)
+            bound = 1 / math.sqrt(hidden_size)  # nn.Linear's default range, from our own generator
+            with torch.no_grad():
+                self.proj.weight.uniform_(-bound, bound, generator=generator)
+                self.proj.bias.uniform_(-bound, bound, generator=generator)
+            self.proj.requires_grad_(kind == "linear")
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """float32 output with autocast off: the loss that follows wants full precision."""
+        with full_precision():
+            hidden = hidden.float()
+            return hidden if self.proj is None else self.proj(hidden)
+
+    def reference(self) -> Extractor:
+        """A frozen copy: the fixed projection under which a collapsing extractor shows up."""
+        return copy.deepcopy(self).requires_grad_(False)
+
+
+def backbone(model: Any) -> nn.Module:
+    """The decoder stack without the LM head (works through peft wrappers)."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    if decoder is None:
+        decoder = getattr(model, "base_model", model)
+    return decoder
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token, so left padding changes nothing."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def prompt_states(model: Any, input_ids: Tensor, attention_mask: Tensor, layer: int = -1,
+                  pooling: str = "last", content_mask: Tensor | None = None) -> Tensor:
+    """Pooled hidden states (N, H) of prompt-only sequences from the backbone (no LM head).
+
+    ``layer`` counts like ``hidden_states``; the last index is taken from ``last_hidden_state``
+    so the common case asks for no extra outputs.
+    """
+    n_layers = model.config.get_text_config().num_hidden_layers
+    index = layer if layer >= 0 else n_layers + 1 + layer
+    if not 0 <= index <= n_layers:
+        raise ConfigError(f"layer {layer} is out of range for a model with {n_layers} layers "
+                          f"(0 = embeddings ... {n_layers} = after the final norm, or -1)")
+    out = backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids(attention_mask),
+                          output_hidden_states=index != n_layers, use_cache=False)
+    hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
+    return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
+
+
+def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tensor | None:
+    """Per-language row weights in ``langs`` order (missing languages weigh 1)."""
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(langs))
+    if unknown:
+        raise ConfigError(f"mlc.lang_weights names languages not trained on: {unknown}; "
+                          f"training languages: {langs}")
+    return torch.tensor([float(weights.get(lang, 1.0)) for lang in langs])
+
+
+__all__ = [
+    "BATCHINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS", "backbone",
+    "full_precision",
+    "language_weights", "mlc_floor", "mlc_loss", "mlc_objective", "pairwise_cosine_loss",
+    "position_ids", "prompt_states",
+]

@@ -1,0 +1,721 @@
+"""Training: an alignment loss (SFT or DPO) plus the MLC term, on accelerate, with resume.
+
+The loop is written for the cost structure DESIGN.md section 10 measured: on small hardware speed
+comes from not doing work. So
+
+* DPO's reference log-probs are computed once, before training (no reference model in memory);
+* the MLC prompts run in their own prompt-only forward through the backbone (no LM head, no padding
+  to the response length); ``mlc.batching="official"`` reproduces the paper's code (prompts appended
+  to the policy batch, padded to it, logits computed) so both can be measured;
+* LM-head logits are computed only for response positions (``logits_to_keep``).
+
+The model and the extractor sit in one ``nn.Module`` whose single forward does both passes, so
+accelerate's wrappers (DDP, FSDP, DeepSpeed) see one forward per step: the distributed engine is
+accelerate's, ``accelerate launch -m mlcwb.train CONFIG`` runs this file on many GPUs.
+
+Checkpoints (``OUTPUT/steps/step-N/``) are save_pretrained model dirs (``load_model(path)`` loads
+them) plus ``extractor.safetensors`` and ``training_state.pt`` (optimizer, scheduler, RNG, step,
+reference log-probs), each written to a temp dir and renamed into place. Data order is a pure
+function of (seed, phase, epoch), so a resumed run replays exactly the batches it would have seen.
+A non-finite loss or gradient never reaches the optimizer: the run saves its last good state and
+stops with a TrainingError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
+from mlcwb.extract import encode_with_content, pool_hidden
+from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from mlcwb.mlc import Extractor, language_weights, mlc_objective, position_ids, prompt_states
+from mlcwb.models import encode_prompts, load_model
+from mlcwb.train_config import REFUSAL, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption (the rest must match).
+_RESUMABLE_CHANGES = {"lr", "weight_decay", "warmup_steps", "max_grad_norm", "epochs",
+                      "sequential_mlc_epochs", "max_steps", "save_every", "keep_checkpoints",
+                      "output_dir", "resume", "device", "precision"}
+
+
+# ------------------------------------------------------------------------------------ data
+
+@dataclass
+class AlignExample:
+    """Token ids of one alignment example; ``rejected_ids`` only for DPO."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int] | None = None
+
+
+@dataclass
+class TrainData:
+    align: list[AlignExample]
+    mlc_texts: list[list[str]]  # [prompt][language], languages in config.langs order
+    langs: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def load_prompts(config: TrainConfig) -> Any:
+    """The PromptSet named by ``config.data``: ``"corpus"`` or a PromptSet JSONL path."""
+    from mlcwb.data import PromptSet, load_corpus
+
+    if config.data == "corpus":
+        return load_corpus()
+    path = Path(config.data)
+    if not path.is_file():
+        raise ConfigError(f"data: {config.data!r} is neither 'corpus' nor an existing PromptSet "
+                          f"JSONL file.")
+    return PromptSet.load(path)
+
+
+def prepare_data(config: TrainConfig, prompts: Any, tokenizer: Any) -> TrainData:
+    """Alignment examples (English targets) and MLC prompt groups from a PromptSet.
+
+    DPO pairs: chosen = ``response``, rejected = ``rejected`` for harmful prompts; benign prompts
+    have no unsafe answer, so with ``benign_rejected="refusal"`` their rejected answer is a
+    refusal: the pair rewards answering a harmless question over refusing it, which pushes
+    against the over-refusal an English-only safety pass causes (DESIGN.md section 10).
+    """
+    prompts = prompts.select(split=config.split)
+    if len(prompts) == 0:
+        raise DataError(f"No prompts in split {config.split!r} of {prompts.name}.")
+    needed = list(dict.fromkeys([*(config.langs if config.uses_mlc else []),
+                                 *(config.align_langs if config.align != "none" else [])]))
+    missing = [lang for lang in needed if lang not in prompts.languages]
+    if missing:
+        raise LanguageError(
+            f"Languages {missing} are missing from {prompts.name} (every prompt has "
+            f"{prompts.languages}). Translate them first (mlcwb.translate) or remove them from "
+            f"langs/align_langs.")
+    if config.max_prompts and config.max_prompts < len(prompts):
+        keep = set(random.Random(config.seed).sample(prompts.ids, config.max_prompts))
+        prompts = prompts.select(ids=[i for i in prompts.ids if i in keep])
+    examples, skipped = _align_examples(config, prompts, tokenizer)
+    mlc_langs = list(config.langs) if config.uses_mlc else []
+    mlc_texts = [[p.text[lang] for lang in mlc_langs] for p in prompts] if mlc_langs else []
+    return TrainData(examples, mlc_texts, mlc_langs, skipped)
+
+
+def _align_examples(config: TrainConfig, prompts: Any,
+                    tokenizer: Any) -> tuple[list[AlignExample], dict[str, int]]:
+    if config.align == "none":
+        return [], {}
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    skipped = {"no_response": 0, "no_rejected": 0, "too_long": 0}
+    examples: list[AlignExample] = []
+
+    def answer(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+
+    for lang in config.align_langs:
+        for p in prompts:
+            if not p.response:
+                skipped["no_response"] += 1
+                continue
+            rejected = None
+            if config.align == "dpo":
+                rejected = p.rejected or (REFUSAL if not p.harmful and
+                                          config.benign_rejected == "refusal" else None)
+                if not rejected:
+                    skipped["no_rejected"] += 1
+                    continue
+            ids = encode_prompts(tokenizer, [p.text[lang]], config.chat_template)["input_ids"][0]
+            room = config.max_length - len(ids)
+            if room < 2:
+                skipped["too_long"] += 1
+                continue
+            examples.append(AlignExample(ids.tolist(), answer(p.response)[:room],
+                                         answer(rejected)[:room] if rejected else None))
+    if not examples:
+        raise DataError(f"No alignment examples: every prompt was skipped ({skipped}). "
+                        f"{config.align.upper()} needs prompts with a response"
+                        f"{' and a rejected answer' if config.align == 'dpo' else ''}.")
+    if any(skipped.values()):
+        log.info("alignment examples: %d; skipped %s", len(examples), skipped)
+    return examples, skipped
+
+
+def collate_align(examples: Sequence[AlignExample], pad_id: int, dpo: bool) -> dict[str, Any]:
+    """Left-padded prompt+answer rows (DPO: all chosen rows, then all rejected rows).
+
+    ``keep`` is the number of final positions whose logits are needed: every answer token is
+    predicted from the position before it, and answers end every row.
+    """
+    answers = [e.chosen_ids for e in examples] + ([e.rejected_ids for e in examples] if dpo else [])
+    heads = [e.prompt_ids for e in examples] * (2 if dpo else 1)
+    width = max(len(h) + len(a) for h, a in zip(heads, answers))
+    ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    response = torch.zeros_like(ids)
+    for row, (head, ans) in enumerate(zip(heads, answers)):
+        seq = head + ans
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+        response[row, width - len(ans):] = 1
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": response,
+            "keep": max(len(a) for a in answers) + 1}
+
+
+def encode_mlc(tokenizer: Any, groups: Sequence[Sequence[str]], chat_template: bool) -> dict[str, Tensor]:
+    """Prompt-only rows (prompt-major: all languages of prompt 0, then prompt 1, ...)."""
+    enc = encode_with_content(tokenizer, [t for group in groups for t in group], chat_template)
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "content_mask")}
+
+
+# ------------------------------------------------------------------------------------ losses
+
+def response_logps(logits: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """Sum of answer-token log-probs per row and answer lengths, from the last ``keep`` logits."""
+    keep = batch["keep"]
+    targets = batch["input_ids"][:, -keep + 1:]
+    mask = batch["response_mask"][:, -keep + 1:].to(torch.float32)
+    logp = torch.log_softmax(logits[:, -keep:-1].float(), dim=-1)
+    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logp * mask).sum(-1), mask.sum(-1)
+
+
+def sft_loss(logps: Tensor, lengths: Tensor) -> Tensor:
+    """Cross-entropy per answer token, averaged over all answer tokens in the batch."""
+    return -logps.sum() / lengths.sum().clamp_min(1)
+
+
+def dpo_loss(logps: Tensor, ref_logps: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """Sigmoid DPO: ``-log σ(β[(π_c - ref_c) - (π_r - ref_r)])``; returns (loss, reward accuracy).
+
+    ``logps`` holds chosen rows then rejected rows; ``ref_logps`` is (n, 2) = (chosen, rejected).
+    """
+    n = logps.shape[0] // 2
+    margin = (logps[:n] - ref_logps[:, 0].to(logps)) - (logps[n:] - ref_logps[:, 1].to(logps))
+    return -F.logsigmoid(beta * margin).mean(), (margin > 0).float().mean()
+
+
+# ------------------------------------------------------------------------------------ module
+
+class TrainModule(nn.Module):
+    """Policy model + MLC extractor behind one forward (what accelerate wraps).
+
+    ``forward(align=..., mlc=...)`` returns answer log-probs for the alignment rows and the
+    extracted vectors ``z`` (float32) of the MLC rows, from separate passes or, with
+    ``batching="official"``, from one padded pass that also computes every position's logits.
+    """
+
+    def __init__(self, model: nn.Module, extractor: Extractor, layer: int = -1,
+                 pooling: str = "last", batching: str = "separate", pad_id: int = 0):
+        super().__init__()
+        self.model, self.extractor = model, extractor
+        self.layer, self.pooling, self.batching, self.pad_id = layer, pooling, batching, pad_id
+
+    def forward(self, align: dict[str, Any] | None = None,
+                mlc: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        states = None
+        if align is not None and mlc is not None and self.batching == "official":
+            out["logps"], out["lengths"], states = self._official(align, mlc)
+        else:
+            if align is not None:
+                logits = self.model(input_ids=align["input_ids"], attention_mask=align["attention_mask"],
+                                    position_ids=position_ids(align["attention_mask"]),
+                                    logits_to_keep=align["keep"], use_cache=False).logits
+                out["logps"], out["lengths"] = response_logps(logits, align)
+            if mlc is not None:
+                states = prompt_states(self.model, mlc["input_ids"], mlc["attention_mask"],
+                                       self.layer, self.pooling, mlc.get("content_mask"))
+        if states is not None:
+            out["states"] = states
+            out["z"] = self.extractor(states)
+        return out
+
+    def _official(self, align: dict[str, Any], mlc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The paper's batching: prompts padded to the policy rows, one pass, all logits."""
+        n, width = align["input_ids"].shape[0], max(align["input_ids"].shape[1], mlc["input_ids"].shape[1])
+
+        def pad(t: Tensor, value: int) -> Tensor:
+            return F.pad(t, (width - t.shape[1], 0), value=value)
+
+        ids = torch.cat([pad(align["input_ids"], self.pad_id), pad(mlc["input_ids"], self.pad_id)])
+        mask = torch.cat([pad(align["attention_mask"], 0), pad(mlc["attention_mask"], 0)])
+        result = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                            output_hidden_states=True, use_cache=False)
+        batch = {**align, "input_ids": ids[:n], "response_mask": pad(align["response_mask"], 0)}
+        logps, lengths = response_logps(result.logits[:n], batch)
+        content = mlc.get("content_mask")
+        states = pool_hidden(result.hidden_states[self.layer][n:], mask[n:], self.pooling,
+                             content_mask=None if content is None else pad(content, 0))
+        return logps, lengths, states
+
+
+# ------------------------------------------------------------------------------------ plan
+
+@dataclass(frozen=True)
+class Phase:
+    """A pass over the data: ``joint`` (align + MLC every aux_every), ``align`` or ``mlc`` only."""
+
+    name: str
+    epochs: int
+    steps_per_epoch: int
+    align: bool
+    mlc: bool
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def plan(config: TrainConfig, n_align: int, n_mlc: int, world: int = 1) -> list[Phase]:
+    """The phases of a run; sizes are checked against the data here, with the numbers."""
+    mlc_bs = config.mlc.batch_size if config.uses_mlc else 0
+    if config.align != "none" and n_align < config.batch_size * world:
+        raise ConfigError(f"batch_size {config.batch_size} x {world} process(es) is more than the "
+                          f"{n_align} alignment examples; lower batch_size or add data.")
+    if config.uses_mlc and n_mlc < mlc_bs * world:
+        raise ConfigError(f"mlc.batch_size {mlc_bs} x {world} process(es) is more than the {n_mlc} "
+                          f"MLC prompts; lower mlc.batch_size or add data.")
+    align_steps = n_align // (config.batch_size * world) if config.align != "none" else 0
+    mlc_steps = n_mlc // (mlc_bs * world) if config.uses_mlc else 0
+    if config.align == "none":
+        return [Phase("mlc", config.epochs, mlc_steps, False, True)]
+    if config.schedule == "sequential":
+        return [Phase("align", config.epochs, align_steps, True, False),
+                Phase("mlc", config.sequential_mlc_epochs, mlc_steps, False, True)]
+    return [Phase("joint", config.epochs, align_steps, True, config.uses_mlc)]
+
+
+def _locate(phases: list[Phase], step: int) -> tuple[int, int]:
+    """(phase index, step within the phase) of a global step."""
+    for index, phase in enumerate(phases):
+        if step < phase.steps:
+            return index, step
+        step -= phase.steps
+    raise TrainingError(f"step {step} is past the end of the plan")
+
+
+def _order(n: int, seed: int, tag: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + tag * 10_007 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def _slice(n: int, bs: int, steps_per_epoch: int, j: int, seed: int, tag: int,
+           rank: int, world: int) -> list[int]:
+    """Indices of the ``j``-th batch of this process in a stream of shuffled epochs."""
+    epoch, k = divmod(j, steps_per_epoch)
+    start = (k * world + rank) * bs
+    return _order(n, seed, tag, epoch)[start:start + bs]
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+def _step_dirs(output_dir: Path) -> list[Path]:
+    steps = output_dir / "steps"
+    found = [p for p in steps.glob("step-*") if p.is_dir() and p.name[5:].isdigit()] if steps.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete step checkpoint (incomplete ones never get their final name)."""
+    found = _step_dirs(Path(output_dir))
+    return found[-1] if found else None
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, accelerator: Any, module: TrainModule, tokenizer: Any,
+                    training_state: dict[str, Any] | None) -> Path:
+    """Model (save_pretrained) + extractor.safetensors (+ training_state.pt), atomically."""
+    from safetensors.torch import save_file
+
+    state_dict = accelerator.get_state_dict(module)  # gathers FSDP/DeepSpeed shards
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(module)
+        model_sd = {k[6:]: v for k, v in state_dict.items() if k.startswith("model.")}
+        if hasattr(unwrapped.model, "peft_config"):
+            unwrapped.model.save_pretrained(tmp)  # the adapter
+        else:
+            unwrapped.model.save_pretrained(tmp, state_dict=model_sd)
+        tokenizer.save_pretrained(tmp)
+        ext = unwrapped.extractor
+        ext_sd = {k[10:]: v.detach().cpu().contiguous() for k, v in state_dict.items()
+                  if k.startswith("extractor.")}
+        save_file(ext_sd, tmp / "extractor.safetensors",
+                  metadata={"kind": ext.kind, "hidden_size": str(ext.hidden_size), "dim": str(ext.dim)})
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+        _replace_dir(tmp, path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_extractor(path: str | Path) -> Extractor:
+    """The extractor saved beside a checkpoint (``extractor.safetensors``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    file = path / "extractor.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise TrainingError(f"{file} does not exist; is {path} an mlcwb checkpoint?")
+    with safe_open(str(file), "pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    extractor = Extractor(int(meta["hidden_size"]), int(meta["dim"]), meta["kind"])
+    extractor.load_state_dict(tensors)
+    return extractor
+
+
+def _load_model_weights(model: nn.Module, ckpt: Path) -> None:
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+        return
+    state: dict[str, Tensor] = {}
+    for file in sorted(ckpt.glob("*.safetensors")):
+        if file.name != "extractor.safetensors":
+            state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    by_storage: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_storage.setdefault(param.data_ptr(), []).append(name)
+    tied = {n for names in by_storage.values() if len(names) > 1 for n in names}
+    if unexpected or set(missing) - tied:
+        raise TrainingError(f"Checkpoint {ckpt} does not fit the model: missing "
+                            f"{sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}.")
+
+
+# ------------------------------------------------------------------------------------ run
+
+@dataclass
+class TrainResult:
+    """What a run leaves: the trained model and extractor, its log, where it saved them."""
+
+    model: Any
+    tokenizer: Any
+    extractor: Extractor
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    log: list[dict]
+    resumed_from: int = 0
+
+
+def _make_accelerator(config: TrainConfig, find_unused: bool) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+            and config.device != "cpu" else "no"
+    return Accelerator(cpu=config.device == "cpu", mixed_precision=precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
+
+
+def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> None:
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        raise TrainingError(
+            f"{ckpt} belongs to a run with different {changed} "
+            f"({ {k: saved.get(k) for k in changed} }). Use another output_dir, or resume: false "
+            f"to start this one afresh.")
+
+
+def _reference_logps(accelerator: Any, module: nn.Module, data: TrainData, config: TrainConfig,
+                     pad_id: int) -> Tensor:
+    """(n, 2) log-probs of chosen/rejected answers under the initial model, computed once."""
+    rows = []
+    module.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(data.align), config.batch_size), desc="reference log-probs",
+                          disable=not accelerator.is_local_main_process, leave=False):
+            batch = collate_align(data.align[start:start + config.batch_size], pad_id, dpo=True)
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with accelerator.autocast():
+                logps = module(align=batch)["logps"].float()
+            n = logps.shape[0] // 2
+            rows.append(torch.stack([logps[:n], logps[n:]], dim=1).cpu())
+    module.train()
+    return torch.cat(rows)
+
+
+def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts: Any = None) -> TrainResult:
+    """Run (or resume) one training run as ``config`` says; returns the trained model.
+
+    ``model``/``tokenizer``/``prompts`` override ``config.model``/``config.data`` (a notebook passes
+    what it has loaded; the model is trained in place).
+    """
+    config.validate()
+    output_dir = Path(config.output_dir)
+    if (model is None) != (tokenizer is None):
+        raise ConfigError("Pass both model and tokenizer, or neither (config.model is loaded).")
+    if model is None:
+        model, tokenizer = load_model(config.model, device="cpu", dtype=torch.float32)
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ConfigError(f"{type(model).__name__} is an encoder-decoder; mlcwb trains decoder-only models.")
+    data = prepare_data(config, prompts if prompts is not None else load_prompts(config), tokenizer)
+    mlc_cfg = config.mlc if config.uses_mlc else None
+    accelerator = _make_accelerator(config, find_unused=mlc_cfg is not None)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    phases = plan(config, len(data.align), len(data.mlc_texts), world)
+    total = sum(p.steps for p in phases)
+    total = min(total, config.max_steps) if config.max_steps else total
+    if total == 0:
+        raise ConfigError("The plan has no steps (epochs x steps per epoch is 0).")
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    if config.lora is not None:
+        model = _apply_lora(model, config)
+    hidden = model.config.get_text_config().hidden_size
+    extractor = Extractor(hidden, mlc_cfg.extractor_dim if mlc_cfg else 512,
+                          mlc_cfg.extractor if mlc_cfg else "identity", seed=config.seed)
+    reference = extractor.reference()
+    weights = language_weights(data.langs, mlc_cfg.lang_weights) if mlc_cfg else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    module = TrainModule(model, extractor, mlc_cfg.layer if mlc_cfg else -1,
+                         mlc_cfg.pooling if mlc_cfg else "last",
+                         mlc_cfg.batching if mlc_cfg else "separate", pad_id)
+
+    ckpt = latest_checkpoint(output_dir) if config.resume else None
+    saved: dict[str, Any] | None = None
+    if ckpt is not None:
+        saved = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        _check_resumable(saved["config"], config, ckpt)
+        _load_model_weights(model, ckpt)
+        extractor.load_state_dict(load_extractor(ckpt).state_dict())
+        log.info("resuming from %s (step %d)", ckpt, saved["step"])
+    elif accelerator.is_main_process and output_dir.exists():
+        shutil.rmtree(output_dir / "steps", ignore_errors=True)
+        (output_dir / "log.jsonl").unlink(missing_ok=True)
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
+    ext_params = [p for p in extractor.parameters() if p.requires_grad]
+    if ext_params:
+        ext_lr = mlc_cfg.extractor_lr if mlc_cfg and mlc_cfg.extractor_lr is not None else config.lr
+        groups.append({"params": ext_params, "lr": ext_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
+    module.train()
+    module, optimizer = accelerator.prepare(module, optimizer)
+    reference.to(accelerator.device)
+
+    ref_logps = None
+    if config.align == "dpo":
+        ref_logps = saved["ref_logps"] if saved else _reference_logps(
+            accelerator, module, data, config, pad_id)
+    start = 0
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start = saved["step"]
+        if accelerator.is_main_process and (output_dir / "log.jsonl").exists():
+            rows = read_jsonl(output_dir / "log.jsonl", skip_partial_last=True)
+            write_jsonl(output_dir / "log.jsonl", [r for r in rows if r["step"] <= start])
+        _set_rng_state(saved["rng"])
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / "config.yaml", config.to_yaml())
+
+    def state(step: int) -> dict[str, Any]:
+        return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(), "ref_logps": ref_logps, "config": config.to_dict()}
+
+    def to_device(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    params = [p for group in groups for p in group["params"]]
+    bar = tqdm(range(start, total), desc=f"train {config.align}{'+mlc' if mlc_cfg else ''}",
+               initial=start, total=total, disable=not accelerator.is_local_main_process)
+    for step in bar:
+        tick = time.perf_counter()
+        index, j = _locate(phases, step)
+        phase = phases[index]
+        align_batch = mlc_batch = None
+        tokens = 0
+        if phase.align:
+            rows = _slice(len(data.align), config.batch_size, phase.steps_per_epoch, j,
+                          config.seed, index, rank, world)
+            align_batch = collate_align([data.align[i] for i in rows], pad_id, config.align == "dpo")
+            align_batch["rows"] = torch.tensor(rows)
+            tokens += int(align_batch["attention_mask"].sum())
+        use_mlc = phase.mlc and (not phase.align or j % mlc_cfg.aux_every == 0)
+        if use_mlc:
+            n_mlc = len(data.mlc_texts)
+            jm = j // mlc_cfg.aux_every if phase.align else j
+            per_epoch = n_mlc // (mlc_cfg.batch_size * world)
+            picked = _slice(n_mlc, mlc_cfg.batch_size, per_epoch, jm, config.seed, 100 + index, rank, world)
+            mlc_batch = encode_mlc(tokenizer, [data.mlc_texts[i] for i in picked], config.chat_template)
+            tokens += int(mlc_batch["attention_mask"].sum())
+        with accelerator.autocast():
+            out = module(align=to_device(align_batch) if align_batch else None,
+                         mlc=to_device(mlc_batch) if mlc_batch else None)
+        row: dict[str, Any] = {"step": step + 1, "phase": phase.name,
+                               "epoch": j // max(phase.steps_per_epoch, 1)}
+        loss = torch.zeros((), device=accelerator.device)
+        if phase.align:
+            if config.align == "dpo":
+                align_loss, acc = dpo_loss(out["logps"], ref_logps[align_batch["rows"]], config.beta)
+                row["reward_acc"] = float(acc)
+            else:
+                align_loss = sft_loss(out["logps"], out["lengths"])
+            loss = loss + align_loss
+            row["align_loss"] = float(align_loss.detach())
+        if use_mlc:
+            n_langs = len(data.langs)
+            z = out["z"].view(-1, n_langs, out["z"].shape[-1])
+            mlc_value = mlc_objective(z, mlc_cfg, weights)
+            with torch.no_grad():
+                ref_z = reference(out["states"].detach()).view(-1, n_langs, z.shape[-1])
+                row["mlc_loss_ref"] = float(mlc_objective(ref_z, mlc_cfg, weights))
+            loss = loss + mlc_cfg.lam * mlc_value
+            row["mlc_loss"] = float(mlc_value.detach())
+        row["loss"] = float(loss.detach())
+        if not torch.isfinite(loss):
+            _stop(accelerator, module, tokenizer, output_dir, step, state, row, "loss")
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+        if not torch.isfinite(torch.as_tensor(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            _stop(accelerator, module, tokenizer, output_dir, step, state, row, "gradient")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], tokens=tokens,
+                   seconds=round(time.perf_counter() - tick, 4))
+        if accelerator.is_main_process:
+            append_jsonl(output_dir / "log.jsonl", row)
+        bar.set_postfix({k: round(row[k], 4) for k in ("loss", "align_loss", "mlc_loss") if k in row})
+        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
+            save_checkpoint(output_dir / "steps" / f"step-{step + 1:08d}", accelerator, module,
+                            tokenizer, state(step + 1))
+            if accelerator.is_main_process:
+                for old in _step_dirs(output_dir)[:-config.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+    bar.close()
+    return _finish(accelerator, module, tokenizer, output_dir, total, ckpt, saved)
+
+
+def _stop(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Path, step: int,
+          state: Any, row: dict[str, Any], what: str) -> None:
+    path = save_checkpoint(output_dir / "steps" / f"step-{step:08d}", accelerator, module,
+                           tokenizer, state(step))
+    raise TrainingError(
+        f"Non-finite {what} at step {step + 1} ({ {k: v for k, v in row.items() if 'loss' in k} }); "
+        f"nothing from this step reached the optimizer. The last good state (after step {step}) is "
+        f"saved at {path}. Lower lr, set max_grad_norm, or use precision: no, then run again to "
+        f"resume from it.")
+
+
+def _finish(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Path, total: int,
+            ckpt: Path | None, saved: dict[str, Any] | None) -> TrainResult:
+    """Save ``OUTPUT/final`` (LoRA merged into the weights, so ``load_model`` reads it)."""
+    unwrapped = accelerator.unwrap_model(module)
+    if hasattr(unwrapped.model, "peft_config"):
+        unwrapped.model = unwrapped.model.merge_and_unload()
+    final = save_checkpoint(output_dir / "final", accelerator, unwrapped, tokenizer, None)
+    rows = read_jsonl(output_dir / "log.jsonl", skip_partial_last=True) \
+        if (output_dir / "log.jsonl").exists() else []
+    if accelerator.is_main_process:
+        atomic_write_json(output_dir / "summary.json", {
+            "steps": total, "resumed_from": saved["step"] if saved else 0,
+            "final_dir": str(final), "last": rows[-1] if rows else None})
+    unwrapped.model.eval()
+    return TrainResult(unwrapped.model, tokenizer, unwrapped.extractor.eval(), output_dir, final,
+                       total, rows, saved["step"] if saved else 0)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def _cli_train(args: argparse.Namespace) -> int:
+    config = TrainConfig.from_yaml(args.config)
+    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("max_steps", args.max_steps))
+                 if v is not None}
+    if overrides:
+        config = config.replace(**overrides)
+    result = train(config)
+    log.info("trained %d steps; final checkpoint %s", result.steps, result.final_dir)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """``mlcwb train CONFIG``: one run from a YAML config (see TrainConfig)."""
+    p = subparsers.add_parser("train", help="align (SFT/DPO) + MLC training from a YAML config")
+    p.add_argument("config", help="YAML file with TrainConfig keys")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.set_defaults(func=_cli_train)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m mlcwb.train CONFIG`` and ``accelerate launch -m mlcwb.train CONFIG``."""
+    from mlcwb.errors import MLCWBError
+
+    parser = argparse.ArgumentParser(prog="mlcwb.train", description=__doc__.split("\n")[0])
+    add_cli(parser.add_subparsers(dest="command"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _cli_train(parser.parse_args(["train", *argv]))
+    except MLCWBError as exc:
+        print(f"mlcwb.train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "collate_align",
+           "dpo_loss", "encode_mlc", "latest_checkpoint", "load_extractor", "load_prompts", "main",
+           "plan", "prepare_data", "response_logps", "save_checkpoint", "sft_loss", "train"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Add the MLC term to trl's trainers without copying them.
+
+``MLCTrainerMixin`` goes in front of any trainer whose ``compute_loss`` returns the alignment loss
+(trl's ``SFTTrainer``, ``DPOTrainer``, or transformers' ``Trainer``)::
+
+    class MLCDPOTrainer(MLCTrainerMixin, DPOTrainer): ...
+    trainer = MLCDPOTrainer(model=..., args=..., train_dataset=..., processing_class=tok,
+                            mlc_config=MLCConfig(), mlc_prompts=[[en, zh, ...], ...])
+
+It adds ``lam * MLC`` every ``aux_every`` optimizer steps, from a prompt-only backbone forward of
+the next group of multilingual prompts (the same ``prompt_states`` + ``Extractor`` + loss code as
+``mlcwb.train``), and puts the extractor into the optimizer with its own learning rate.
+It is meant for single-process runs; ``mlcwb.train`` is the path for accelerate's multi-GPU engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from mlcwb.errors import ConfigError
+from mlcwb.mlc import Extractor, MLCConfig, mlc_objective, prompt_states
+from mlcwb.train import encode_mlc
+
+
+class MLCTrainerMixin:
+    """``compute_loss`` = the parent trainer's loss + ``lam`` x MLC (see module docstring)."""
+
+    def __init__(self, *args: Any, mlc_config: MLCConfig | None = None,
+                 mlc_prompts: Sequence[Sequence[str]] = (), mlc_chat_template: bool = True,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.mlc_config = (mlc_config or MLCConfig()).validate()
+        self.mlc_prompts = [list(group) for group in mlc_prompts]
+        if len(self.mlc_prompts) < self.mlc_config.batch_size or any(
+                len(g) != len(self.mlc_prompts[0]) or len(g) < 2 for g in self.mlc_prompts):
+            raise ConfigError(f"mlc_prompts needs at least mlc.batch_size={self.mlc_config.batch_size} "
+                              f"groups, each with the same number (>= 2) of language variants.")
+        self.mlc_chat_template = mlc_chat_template
+        hidden = self.model.config.get_text_config().hidden_size
+        self.mlc_extractor = Extractor(hidden, self.mlc_config.extractor_dim, self.mlc_config.extractor,
+                                       seed=getattr(self.args, "seed", 0)).to(self.model.device)
+        self.mlc_last: float | None = None
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        optimizer = super().create_optimizer(*args, **kwargs)
+        params = [p for p in self.mlc_extractor.parameters() if p.requires_grad]
+        if params:
+            lr = self.mlc_config.extractor_lr
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0,
+                                       "lr": self.args.learning_rate if lr is None else lr})
+        return optimizer
+
+    def mlc_term(self, model: Any, step: int) -> Tensor:
+        """The MLC loss of the ``step``-th group of prompts (cycling through ``mlc_prompts``)."""
+        bs = self.mlc_config.batch_size
+        n_batches = len(self.mlc_prompts) // bs
+        k = (step // self.mlc_config.aux_every) % n_batches
+        groups = self.mlc_prompts[k * bs:(k + 1) * bs]
+        tokenizer = self.processing_class
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
+        batch = encode_mlc(tokenizer, groups, self.mlc_chat_template)
+        unwrapped = self.accelerator.unwrap_model(model)
+        batch = {k: v.to(unwrapped.device) for k, v in batch.items()}
+        states = prompt_states(unwrapped, batch["input_ids"], batch["attention_mask"],
+                               self.mlc_config.layer, self.mlc_config.pooling, batch["content_mask"])
+        z = self.mlc_extractor.to(states.device)(states).view(len(groups), len(groups[0]), -1)
+        return mlc_objective(z, self.mlc_config)
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
+        step = self.state.global_step
+        if model.training and self.mlc_config.lam > 0 and step % self.mlc_config.aux_every == 0:
+            term = self.mlc_term(model, step)
+            self.mlc_last = float(term.detach())
+            loss = loss + self.mlc_config.lam * term.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.mlc_last is not None and "loss" in logs:
+            logs = {**logs, "mlc_loss": self.mlc_last}
+        super().log(logs, *args, **kwargs)
+
+
+def mlc_trainer(base: type) -> type:
+    """``mlc_trainer(DPOTrainer)`` -> a subclass with the MLC term mixed in."""
+    return type(f"MLC{base.__name__}", (MLCTrainerMixin, base), {})
+
+
+__all__ = ["MLCTrainerMixin", "mlc_trainer"]
