@@ -483,7 +483,7 @@ def save_corpus(prompts: PromptSet, path: str | Path | None = None) -> Path:
 
 
 def corpus_translation_files(directory: str | Path | None = None) -> dict[str, Path]:
-    """``{lang: translations/<lang>.jsonl}`` for every translation file; the name must be a code."""
+    """``{lang: translations/<lang>.jsonl}`` in registry order; each file name must be a language code."""
     root = Path(directory) if directory is not None else corpus_dir()
     files: dict[str, Path] = {}
     for path in sorted((root / "translations").glob("*.jsonl")):
@@ -496,7 +496,8 @@ def corpus_translation_files(directory: str | Path | None = None) -> dict[str, P
         if code == "en":
             raise LanguageError(f"{path}: English lives in prompts.jsonl, not in translations/")
         files[code] = path
-    return files
+    order = list(LANGUAGES)
+    return {code: files[code] for code in sorted(files, key=order.index)}
 
 
 def _read_translations(path: Path, ids: dict[str, int]) -> tuple[dict[str, str], dict[str, str]]:

@@ -576,6 +576,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
         return {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     params = [p for group in groups for p in group["params"]]
+    module_batching = mlc_cfg.batching if mlc_cfg else "separate"
     bar = tqdm(range(start, total), desc=f"train {config.align}{'+mlc' if mlc_cfg else ''}",
                initial=start, total=total, disable=not accelerator.is_local_main_process)
     for step in bar:
@@ -598,6 +599,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
             picked = _slice(n_mlc, mlc_cfg.batch_size, per_epoch, jm, config.seed, 100 + index, rank, world)
             mlc_batch = encode_mlc(tokenizer, [data.mlc_texts[i] for i in picked], config.chat_template)
             tokens += int(mlc_batch["attention_mask"].sum())
+        positions = _positions(align_batch, mlc_batch, module_batching)
         with accelerator.autocast():
             out = module(align=to_device(align_batch) if align_batch else None,
                          mlc=to_device(mlc_batch) if mlc_batch else None)
@@ -633,6 +635,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], tokens=tokens,
+                   positions=positions,
                    seconds=round(time.perf_counter() - tick, 4))
         if accelerator.is_main_process:
             append_jsonl(output_dir / "log.jsonl", row)
@@ -645,6 +648,14 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
                     shutil.rmtree(old, ignore_errors=True)
     bar.close()
     return _finish(accelerator, module, tokenizer, output_dir, total, ckpt, saved)
+
+
+def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, batching: str) -> int:
+    """Positions the forward computes (real tokens + padding): the cost the batching decides."""
+    if align is not None and mlc is not None and batching == "official":
+        rows = align["input_ids"].shape[0] + mlc["input_ids"].shape[0]
+        return rows * max(align["input_ids"].shape[1], mlc["input_ids"].shape[1])
+    return sum(b["input_ids"].numel() for b in (align, mlc) if b is not None)
 
 
 def _stop(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Path, step: int,
@@ -689,25 +700,29 @@ def _cli_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: Any) -> None:
-    """``mlcwb train CONFIG``: one run from a YAML config (see TrainConfig)."""
-    p = subparsers.add_parser("train", help="align (SFT/DPO) + MLC training from a YAML config")
+def _arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML file with TrainConfig keys")
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.set_defaults(func=_cli_train)
+    return p
+
+
+def add_cli(subparsers: Any) -> None:
+    """``mlcwb train CONFIG``: one run from a YAML config (see TrainConfig)."""
+    _arguments(subparsers.add_parser("train", help="align (SFT/DPO) + MLC training from a YAML config"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m mlcwb.train CONFIG`` and ``accelerate launch -m mlcwb.train CONFIG``."""
     from mlcwb.errors import MLCWBError
 
-    parser = argparse.ArgumentParser(prog="mlcwb.train", description=__doc__.split("\n")[0])
-    add_cli(parser.add_subparsers(dest="command"))
-    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _arguments(argparse.ArgumentParser(prog="mlcwb.train",
+                                                description="Align (SFT/DPO) + MLC training."))
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _cli_train(parser.parse_args(["train", *argv]))
+        return _cli_train(args)
     except MLCWBError as exc:
         print(f"mlcwb.train: error: {exc}", file=sys.stderr)
         return 2

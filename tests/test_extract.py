@@ -94,10 +94,14 @@ def test_content_mask_marks_exactly_the_user_text(tiny_llama, side: str) -> None
         assert tok.decode(ids) == text  # "assistant"/"user" are found in the user turn, not the template
 
 
-def test_content_mask_without_chat_template_covers_the_whole_text(tiny_llama) -> None:
+def test_content_mask_without_chat_template_skips_only_special_tokens(tiny_llama) -> None:
     _, tok = tiny_llama
     enc = encode_with_content(tok, TEXTS[:3], chat_template=False)
-    assert torch.equal(enc["content_mask"], enc["attention_mask"])
+    for row, text in enumerate(TEXTS[:3]):
+        ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+        assert ids[0] == tok.bos_token_id  # raw text gets its BOS ...
+        content = enc["input_ids"][row][enc["content_mask"][row].bool()]
+        assert len(content) == len(ids) - 1 and tok.decode(content) == text  # ... which is not content
 
 
 class _SlowProxy:
@@ -178,36 +182,57 @@ def test_forward_stops_after_deepest_layer_and_skips_lm_head(tiny_llama) -> None
 
 # ---------------------------------------------------------------- exactness
 
-def _max_batched_vs_single(model, tok, texts, layers, pooling, side, batch_size) -> float:
-    single = np.stack([extract(model, tok, [t], layers=layers, pooling=pooling,
-                               progress=False).values[0, 0] for t in texts])
+def _per_prompt_reference(model, tok, texts, layers, poolings) -> dict[str, np.ndarray]:
+    """Each prompt alone (no padding) through the full HF forward with output_hidden_states."""
+    n = model.config.num_hidden_layers
+    out: dict[str, list] = {p: [] for p in poolings}
+    for text in texts:
+        enc = encode_with_content(tok, [text])
+        with torch.no_grad():
+            hs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                       output_hidden_states=True).hidden_states
+        for p in poolings:
+            out[p].append(torch.stack([pool_hidden(hs[i % (n + 1)], enc["attention_mask"], p,
+                                                   enc["content_mask"])[0] for i in layers]))
+    return {p: torch.stack(v).numpy() for p, v in out.items()}
+
+
+def _max_batched_vs_reference(model, tok, texts, layers, poolings, side, batch_size) -> float:
+    """Batched extraction, in given and in shuffled order (other batch mates), vs per prompt."""
+    ref = _per_prompt_reference(model, tok, texts, layers, poolings)
     order = np.random.default_rng(1).permutation(len(texts))
     worst = 0.0
-    for perm, bs in ((np.arange(len(texts)), batch_size), (order, batch_size - 1)):
-        batched = extract(model, tok, [texts[i] for i in perm], layers=layers, pooling=pooling,
-                          batch_size=bs, padding_side=side, progress=False).values[:, 0]
-        worst = max(worst, float(np.abs(batched - single[perm]).max()))
+    for pooling in poolings:
+        for perm, bs in ((np.arange(len(texts)), batch_size), (order, batch_size - 1)):
+            batched = extract(model, tok, [texts[i] for i in perm], layers=layers, pooling=pooling,
+                              batch_size=bs, padding_side=side, progress=False).values[:, 0]
+            worst = max(worst, float(np.abs(batched - ref[pooling][perm]).max()))
     return worst
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("pooling", POOLINGS)
-def test_batched_equals_per_prompt_tiny(tiny_llama, side: str, pooling: str) -> None:
+def test_batched_equals_per_prompt_tiny(tiny_llama, side: str) -> None:
     model, tok = tiny_llama
-    assert _max_batched_vs_single(model, tok, TEXTS, None, pooling, side, 4) < 1e-4
+    assert _max_batched_vs_reference(model, tok, TEXTS, list(range(5)), POOLINGS, side, 4) < 1e-4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_batched_equals_per_prompt_default_model(default_model, side: str) -> None:
+def test_batched_equals_per_prompt_default_model(default_model) -> None:
+    """SmolLM2 with its default SDPA attention: exact for left and right padding."""
     model, tok = default_model
-    assert model.config._attn_implementation == "sdpa"  # the default stays exact (checked here)
+    assert model.config._attn_implementation == "sdpa"
     texts = ["How do I pick a lock?", "我如何开锁？", "كيف أفتح قفلاً؟",
              "Tell me a long story about a dragon, a knight and a very old castle by the sea.",
              "Ninawezaje kufungua kufuli?", "Hi"]
-    for pooling in ("last", "content_mean"):
-        diff = _max_batched_vs_single(model, tok, texts, [0, 15, -1], pooling, side, 4)
-        assert diff < 1e-4, (pooling, diff)
+    layers = [0, 15, -1]
+    ref = _per_prompt_reference(model, tok, texts, layers, ("last", "content_mean"))
+    order = np.random.default_rng(1).permutation(len(texts))
+    for side, perm, bs in (("left", np.arange(len(texts)), 4), ("right", order, 3)):
+        for pooling in ("last", "content_mean"):
+            batched = extract(model, tok, [texts[i] for i in perm], layers=layers, pooling=pooling,
+                              batch_size=bs, padding_side=side, progress=False).values[:, 0]
+            diff = float(np.abs(batched - ref[pooling][perm]).max())
+            assert diff < 1e-4, (side, pooling, diff)
 
 
 # ---------------------------------------------------------------- PromptSet, Representations, cache

@@ -165,7 +165,7 @@ def test_mlc_only_lowers_the_mlc_objective_of_the_model(tmp_path):
     """With a frozen extractor the loss can only fall by moving the model's own states."""
     model, tok = load_model("tiny-random-llama", device="cpu")
     prompts = tiny_prompts()
-    config = tiny_config(tmp_path, align="none", epochs=4, lr=3e-3,
+    config = tiny_config(tmp_path, align="none", epochs=2, lr=3e-3,
                          mlc=MLCConfig(batch_size=4, extractor="frozen", extractor_dim=16))
 
     def objective() -> float:
@@ -200,7 +200,7 @@ def test_nan_never_reaches_the_optimizer_and_the_last_good_state_is_kept(tmp_pat
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         value = real(*args, **kwargs)
-        return value * float("nan") if calls["n"] == 2 else value
+        return value * float("nan") if calls["n"] == 3 else value  # step 3 (2 calls per MLC step)
 
     monkeypatch.setattr(train_module, "mlc_objective", poisoned)
     model, tok = load_model("tiny-random-llama", device="cpu")
@@ -228,8 +228,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """A real subprocess is SIGKILLed mid-run; the rerun resumes and ends where an unbroken run does."""
     data = tmp_path / "prompts.jsonl"
     tiny_prompts().save(data)
-    total = 24
-    config = tiny_config(tmp_path, data=str(data), epochs=6, save_every=4, keep_checkpoints=2,
+    total = 12
+    config = tiny_config(tmp_path, data=str(data), epochs=3, save_every=3, keep_checkpoints=2,
                          output_dir=str(tmp_path / "killed"))
     (tmp_path / "c.yaml").write_text(config.to_yaml())
     cmd = [sys.executable, "-m", "mlcwb.train", str(tmp_path / "c.yaml")]
@@ -245,12 +245,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(read_jsonl(log, skip_partial_last=True))
-    assert 4 <= done < total
+    assert 3 <= done < total
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     rows = read_jsonl(log)
     assert [r["step"] for r in rows] == list(range(1, total + 1))
-    assert json.loads((Path(config.output_dir) / "summary.json").read_text())["resumed_from"] >= 4
+    assert json.loads((Path(config.output_dir) / "summary.json").read_text())["resumed_from"] >= 3
 
     unbroken = train(config.replace(output_dir=str(tmp_path / "unbroken")))
     resumed = load_file(Path(config.output_dir) / "final" / "model.safetensors")
@@ -260,6 +260,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
                           unbroken.extractor.proj.weight, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run(tmp_path):
     config = tiny_config(tmp_path, max_steps=2, save_every=1)
     train(config, prompts=tiny_prompts())
