@@ -7,4 +7,5 @@ from __future__ import annotations
 
 SMOKE: dict[str, dict] = {
     "00_quickstart": {"max_new_tokens": 24},
+    "01_translation": {"n_prompts": 8, "languages": ["zh", "sw", "ru"]},
 }
