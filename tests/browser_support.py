@@ -136,14 +136,22 @@ class LabServer:
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 self._kernel_pids.add(child.pid)
 
+    def shutdown_kernels(self) -> None:
+        """Shut every session's kernel down through the REST API (as the Kernel menu does)."""
+        with contextlib.suppress(Exception):
+            for session in self.api("/api/sessions"):
+                with contextlib.suppress(Exception):
+                    self.api(f"/api/sessions/{session['id']}", method="DELETE", timeout=15)
+        with contextlib.suppress(Exception):
+            for kernel in self.api("/api/kernels"):
+                with contextlib.suppress(Exception):
+                    self.api(f"/api/kernels/{kernel['id']}", method="DELETE", timeout=15)
+
     def stop(self) -> None:
         """Shut kernels down, then the server; escalate to signals when either does not go."""
         self.remember_kernels()
         if self.process.poll() is None:
-            with contextlib.suppress(Exception):
-                for kernel in self.api("/api/kernels"):
-                    with contextlib.suppress(Exception):
-                        self.api(f"/api/kernels/{kernel['id']}", method="DELETE", timeout=15)
+            self.shutdown_kernels()
             with contextlib.suppress(Exception):
                 self.api("/api/shutdown", method="POST")
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -28,8 +28,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOKS = repo_root() / "notebooks"
 QUICKSTART, GEOMETRY = "00_quickstart", "03_geometry_umap"
-# On top of the papermill smoke parameters: what the browser run needs differently (none so far).
-BROWSER_PARAMS: dict[str, dict] = {QUICKSTART: {}, GEOMETRY: {}}
+# On top of the papermill smoke parameters: the browser checks rendering and interaction, not the
+# science, so the smallest runs that still draw every figure (03 on the tiny random model).
+BROWSER_PARAMS: dict[str, dict] = {
+    QUICKSTART: {"languages": ["en", "zh", "ar"]},
+    GEOMETRY: {"model_name": "tiny-random-llama", "languages": ["en", "zh", "ru"], "n_prompts": 12,
+               "method": "pca", "device": "cpu"},
+}
 RUN_ALL_TIMEOUT_S = 420       # 00 loads SmolLM2 and generates: 1-3 min on 2 shared cores
 PLOT_TIMEOUT_S = 60
 SLIDER_TIMEOUT_S = 90         # a first look at a layer projects it (UMAP can take seconds)
@@ -92,6 +97,7 @@ def page(lab, artifacts_dir):
     page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
     yield page
     page.close()
+    lab.shutdown_kernels()  # each test's kernel holds a model; free it for the next test
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +215,12 @@ def test_quickstart_renders_table_and_figure(lab, page, shots):
     if answer_table is None:
         _fail(page, shots, label, "no answer table (a DataFrame with an 'answer' column) rendered")
     rows = answer_table.locator("tbody tr")
-    languages = SMOKE.get(QUICKSTART, {}).get("languages", ["en", "zh", "ru", "ar", "fr"])
+    languages = {**SMOKE.get(QUICKSTART, {}), **BROWSER_PARAMS[QUICKSTART]}.get(
+        "languages", ["en", "zh", "ru", "ar", "fr"])
     assert rows.count() == 2 * len(languages), f"answer table has {rows.count()} rows"
     assert "Paris" in answer_table.inner_text(), "the English benign answer does not name Paris"
 
-    plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
+    plots = page.locator(".jp-Notebook .js-plotly-plot")
     if plots.count() < 1:
         _fail(page, shots, label, "no plotly figure rendered")
     bars = _wait_for_points(page, plots.first, shots, label)
@@ -226,7 +233,7 @@ def test_quickstart_renders_table_and_figure(lab, page, shots):
 def _explorer_test(lab, page, shots, name: str, label: str) -> Path:
     """Run the geometry notebook, then move the explorer's layer slider and watch the plot."""
     _open_and_run_all(lab, page, name, shots)
-    plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
+    plots = page.locator(".jp-Notebook .js-plotly-plot")
     if plots.count() < 1:
         _fail(page, shots, label, "no plotly figure rendered")
     for i in range(plots.count()):

@@ -43,6 +43,7 @@ def test_language_metrics_values():
 
 def test_unknown_verdicts_are_excluded_and_counted():
     frame = _judged({"en": 5}, {"en": 0})
+    frame["refused"] = frame["refused"].astype(object)
     frame.loc[0, "refused"] = None
     m = language_metrics(frame, with_language_id=False)
     assert m.loc["en", "unknown_verdicts"] == 1 and m.loc["en", "n_harmful"] == 9

@@ -74,7 +74,9 @@ def test_explorer_falls_back_to_static_without_figure_widget(reps, monkeypatch):
     assert isinstance(fig, go.Figure) and len(fig.frames) == 3
 
 
+@pytest.mark.slow
 def test_explorer_controls_update_the_figure(reps):
+    """Slow only for ipywidgets' first-use cost (seconds on a busy 2-core box)."""
     pytest.importorskip("anywidget", reason="plotly's FigureWidget needs anywidget")
     box = viz.explorer(reps, highlight=["p1"])
     assert box.slider.description == "layer" and "mlcwb-layer-slider" in box.slider._dom_classes
