@@ -159,7 +159,7 @@ def main() -> None:
         baseline=("naive loop: one prompt at a time, full model + LM head, output_hidden_states",
                   round(naive["prompts_per_s"], 3)),
         candidate=(f"mlcwb.extract (length-sorted batches of {args.batch_size}, backbone only, "
-                   f"early exit)", round(fast["prompts_per_s"], 3)),
+                   f"no LM head, stops after layer {max(layers)})", round(fast["prompts_per_s"], 3)),
         target=5.0,
         extra={
             "texts_from": source, "languages": langs, "layers": layers,

@@ -139,7 +139,7 @@ def measure(variant: str, steps: int, model_name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     if args.child:
@@ -147,7 +147,7 @@ def main() -> None:
         return
     from mlcwb.bench import write_result
 
-    align = measure("align", 3, args.model)
+    align = measure("align", args.steps, args.model)
     ours = measure("ours", args.steps, args.model)
     avg = (ours["mlc_step_s"] + ours["plain_step_s"]) / 2  # aux_every = 2
     plain_tokens, mlc_tokens = ours["plain_step_tokens"], ours["mlc_step_tokens"] - ours["plain_step_tokens"]

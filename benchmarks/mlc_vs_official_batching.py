@@ -18,7 +18,7 @@ from mlcwb.bench import write_result
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     ours = measure("ours_every_step", args.steps, args.model)

@@ -8,4 +8,6 @@ from __future__ import annotations
 SMOKE: dict[str, dict] = {
     "00_quickstart": {"max_new_tokens": 24},
     "01_translation": {"n_prompts": 8, "languages": ["zh", "sw", "ru"]},
+    "02_hidden_states": {"languages": ["en", "zh"], "n_prompts": 4, "layers": [0, -1],
+                         "compare_pooling": "content_mean"},
 }

@@ -68,6 +68,9 @@ _JS_ERRORS = """() => [...document.querySelectorAll(
     .map(e => e.innerText)"""
 _JS_POINTS = """root => [...root.querySelectorAll('.scatterlayer .point, .bars .point')]
     .map(p => (p.getAttribute('transform') || '') + (p.getAttribute('d') || ''))"""
+_JS_POINTS_PER_PLOT = """() => [...document.querySelectorAll('.jp-Notebook .js-plotly-plot')]
+    .map(plot => plot.querySelectorAll('.scatterlayer .point, .bars .point, .heatmaplayer image, '
+                                       + '.scatterlayer .js-line').length)"""
 _ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception)\b[^\n]*:",
                          re.MULTILINE)
 
@@ -185,6 +188,20 @@ def _wait_for_points(page, plot, shots: Path, label: str) -> list[str]:
     return []
 
 
+def _wait_for_all_plots(page, shots: Path, label: str) -> list[int]:
+    """Points per plotly figure on the page, once every figure has drawn some."""
+    deadline = time.monotonic() + PLOT_TIMEOUT_S
+    counts: list[int] = []
+    while time.monotonic() < deadline:
+        counts = page.evaluate(_JS_POINTS_PER_PLOT)
+        if counts and all(counts):
+            return counts
+        time.sleep(0.5)
+    _fail(page, shots, label, f"plotly figures did not all render points: points per figure "
+                              f"{counts} (no figure at all when empty)")
+    return counts
+
+
 def _check_no_kernel_errors(lab, page, shots: Path, label: str, since: int) -> None:
     """Widget callbacks run outside any cell: their exceptions reach the kernel's stderr (the
     server log) and the JupyterLab log console, never a cell output. Both are checked."""
@@ -233,11 +250,7 @@ def test_quickstart_renders_table_and_figure(lab, page, shots):
 def _explorer_test(lab, page, shots, name: str, label: str) -> Path:
     """Run the geometry notebook, then move the explorer's layer slider and watch the plot."""
     _open_and_run_all(lab, page, name, shots)
-    plots = page.locator(".jp-Notebook .js-plotly-plot")
-    if plots.count() < 1:
-        _fail(page, shots, label, "no plotly figure rendered")
-    for i in range(plots.count()):
-        _wait_for_points(page, plots.nth(i), shots, label)
+    _wait_for_all_plots(page, shots, label)
 
     explorer = page.locator(".mlcwb-explorer").first
     slider = page.locator(".mlcwb-layer-slider")
