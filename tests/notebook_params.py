@@ -10,4 +10,6 @@ SMOKE: dict[str, dict] = {
     "01_translation": {"n_prompts": 8, "languages": ["zh", "sw", "ru"]},
     "02_hidden_states": {"languages": ["en", "zh"], "n_prompts": 4, "layers": [0, -1],
                          "compare_pooling": "content_mean"},
+    "03_geometry_umap": {"n_prompts": 12, "languages": ["en", "zh", "fr"], "layers": [0, 10, 20, 30],
+                         "method": "pca"},
 }
