@@ -178,6 +178,16 @@ def _kill_pids(pids: set[int]) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if pytest itself is killed (no teardown runs then); the
+    server's SIGTERM handler shuts its kernels down."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def jupyter_lab(root: Path, startup_timeout: float = 120) -> Iterator[LabServer]:
     """Run ``python -m jupyter lab`` of this environment serving ``root``; always shut down."""
@@ -203,7 +213,8 @@ def jupyter_lab(root: Path, startup_timeout: float = 120) -> Iterator[LabServer]
     log_path = home / "jupyterlab.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
     server = LabServer(process, f"http://127.0.0.1:{port}", token, root, log_path)
     try:
         deadline = time.monotonic() + startup_timeout

@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlcwb.paths import repo_root
-from tests.browser_support import (chromium_context, inject_parameters, jupyter_lab,
+from tests.browser_support import (LabServer, chromium_context, inject_parameters, jupyter_lab,
                                    missing_requirement)
 from tests.notebook_params import SMOKE
 
@@ -40,8 +42,8 @@ PLOT_TIMEOUT_S = 60
 SLIDER_TIMEOUT_S = 90         # a first look at a layer projects it (UMAP can take seconds)
 
 # Replaces mlcwb.viz.explorer for the negative test: the slider gets one more observer, which
-# raises after the explorer's own redraw (so the plot still changes and only the kernel's error
-# report can give the failure away).
+# raises after the explorer's own redraw, so the plot still changes and only the kernel's error
+# report gives the failure away (the hardest case to catch).
 BREAK_SLIDER = '''
 import mlcwb.viz as _viz
 
@@ -61,24 +63,137 @@ def _explorer_with_broken_slider(*args, **kwargs):
 _viz.explorer = _explorer_with_broken_slider
 '''
 
-_JS_PROMPTS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]
-    .map(e => e.textContent.trim())"""
-_JS_ERRORS = """() => [...document.querySelectorAll(
-        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+# Everything is looked up inside the notebook tab on show: JupyterLab keeps other tabs (hidden)
+# in the DOM.
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+_JS_PROMPTS = f"""() => [...document.querySelectorAll(
+        '{PANEL} .jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent.trim())"""
+_JS_ERRORS = f"""() => [...document.querySelectorAll(
+        '{PANEL} .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
     .map(e => e.innerText)"""
-_JS_POINTS = """root => [...root.querySelectorAll('.scatterlayer .point, .bars .point')]
+_POINTS = ".scatterlayer .point, .bars .point"
+_JS_POINTS = f"""plot => [...plot.querySelectorAll('{_POINTS}')]
     .map(p => (p.getAttribute('transform') || '') + (p.getAttribute('d') || ''))"""
-_JS_POINTS_PER_PLOT = """() => [...document.querySelectorAll('.jp-Notebook .js-plotly-plot')]
-    .map(plot => plot.querySelectorAll('.scatterlayer .point, .bars .point, .heatmaplayer image, '
-                                       + '.scatterlayer .js-line').length)"""
+# Heatmaps draw one <image>; line-only traces a path: both count as "drew something".
+_JS_MARKS_PER_PLOT = f"""() => [...document.querySelectorAll('{PANEL} .js-plotly-plot')]
+    .map(plot => plot.querySelectorAll(
+        '{_POINTS}, .heatmaplayer image, .scatterlayer .js-line').length)"""
 _ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception)\b[^\n]*:",
                          re.MULTILINE)
+
+
+@dataclass
+class Lab:
+    """The module's JupyterLab server and browser context, and where runs and shots go."""
+
+    server: LabServer
+    context: Any
+    run_dir: Path
+    shots: Path
+
+
+@dataclass
+class Tab:
+    """One notebook opened in one browser page, with the failure reporting the tests share."""
+
+    lab: Lab
+    page: Any
+    name: str
+    js_errors: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return Path(self.name).stem
+
+    def fail(self, message: str) -> None:
+        shot = self.lab.shots / f"{self.label}-failure.png"
+        self.page.screenshot(path=str(shot))
+        pytest.fail(f"{self.name}: {message}\n(screenshot: {shot})", pytrace=False)
+
+    def shoot(self, suffix: str = "") -> Path:
+        shot = self.lab.shots / f"{self.label}{suffix}.png"
+        self.page.screenshot(path=str(shot))
+        return shot
+
+    def cell_errors(self) -> list[str]:
+        return [text for text in self.page.evaluate(_JS_ERRORS) if _ERROR_TEXT.search(text)]
+
+    def check_no_cell_errors(self, when: str) -> None:
+        errors = self.cell_errors()
+        if errors:
+            self.fail(f"an error output appeared {when}:\n{errors[0][-3000:]}")
+
+    def check_no_dialog(self, when: str) -> None:
+        dialog = self.page.locator(".jp-Dialog")
+        if dialog.count():
+            self.fail(f"a dialog blocks the notebook {when}: {dialog.first.inner_text()!r}")
+
+    def wait_for_idle_kernel(self, timeout: float = 120) -> None:
+        """JupyterLab has started the notebook's kernel and it is idle (server's view)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_no_dialog("while its kernel starts")
+            states = [s["kernel"]["execution_state"] for s in self.lab.server.api("/api/sessions")
+                      if s.get("path") == self.name and s.get("kernel")]
+            if states == ["idle"]:
+                return
+            time.sleep(0.5)
+        self.fail(f"no idle kernel after {timeout:.0f} s")
+
+    def open_and_run_all(self) -> None:
+        """Open the notebook, Run → Run All Cells, wait until every code cell has run."""
+        server = self.lab.server
+        # ?reset: a fresh workspace, so tabs of earlier tests do not come back
+        self.page.goto(f"{server.url}/lab/tree/{self.name}?reset&token={server.token}")
+        self.page.wait_for_selector(f"{PANEL} .jp-Notebook", timeout=120_000)
+        self.wait_for_idle_kernel()
+        self.page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        self.page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
+        prompts: list[str] = []
+        while time.monotonic() < deadline:
+            self.check_no_dialog("while it runs")
+            self.check_no_cell_errors("while Run All Cells ran")
+            prompts = self.page.evaluate(_JS_PROMPTS)
+            idle = self.page.locator(
+                f'{PANEL} .jp-Notebook-ExecutionIndicator[data-status="idle"]').count() == 1
+            if prompts and idle and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
+                break
+            time.sleep(1)
+        else:
+            self.fail(f"Run All Cells did not finish within {RUN_ALL_TIMEOUT_S} s; "
+                      f"cell prompts: {prompts}")
+        self.check_no_cell_errors("after Run All Cells")
+
+    def wait_for_all_plots(self) -> list[int]:
+        """Marks drawn per plotly figure in the notebook, once every figure has drawn some."""
+        deadline = time.monotonic() + PLOT_TIMEOUT_S
+        counts: list[int] = []
+        while time.monotonic() < deadline:
+            counts = self.page.evaluate(_JS_MARKS_PER_PLOT)
+            if counts and all(counts):
+                return counts
+            time.sleep(0.5)
+        self.fail(f"plotly figures did not all render: marks per figure {counts} "
+                  "(empty: no figure at all)")
+        return counts
+
+    def check_no_kernel_errors(self, log_offset: int, when: str) -> None:
+        """A widget callback runs outside any cell: ipykernel reports its exception on the
+        kernel's stderr (the server log), never in a cell output. Both places are checked."""
+        tracebacks = self.lab.server.kernel_tracebacks(log_offset)
+        if tracebacks:
+            self.fail(f"the kernel raised {when}:\n{tracebacks[0]}")
+        self.check_no_cell_errors(when)
+
+    def check_no_js_errors(self) -> None:
+        assert not self.js_errors, f"JavaScript errors in the page: {self.js_errors[:3]}"
 
 
 # --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, artifacts_dir):
     """One JupyterLab + one Chromium for the module (starting them costs ~20 s on 2 cores)."""
     reason = missing_requirement()
     if reason:
@@ -86,222 +201,117 @@ def lab(tmp_path_factory):
     scratch = tmp_path_factory.mktemp("browser")
     root = scratch / "lab"
     root.mkdir()
+    shots = artifacts_dir / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
     with jupyter_lab(root) as server, chromium_context(scratch / "chromium-profile") as context:
-        server.context = context
-        server.run_dir = scratch / "run"
-        yield server
+        yield Lab(server, context, scratch / "run", shots)
 
 
 @pytest.fixture
-def page(lab, artifacts_dir):
-    page = lab.context.new_page()
-    page.set_default_timeout(30_000)
-    page.js_errors = []
-    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
-    yield page
-    page.close()
-    lab.shutdown_kernels()  # each test's kernel holds a model; free it for the next test
+def open_tab(lab):
+    """Factory: copy a notebook with browser parameters into the lab and open it in a page."""
+    pages = []
 
+    def _open(stem: str, name: str | None = None, extra_code: str = "") -> Tab:
+        source = NOTEBOOKS / f"{stem}.ipynb"
+        params = {"run_dir": str(lab.run_dir), **SMOKE.get(stem, {}),
+                  **BROWSER_PARAMS.get(stem, {})}
+        name = name or f"{stem}.ipynb"
+        inject_parameters(source, lab.server.root / name, params, extra_code)
+        page = lab.context.new_page()
+        page.set_default_timeout(30_000)
+        pages.append(page)
+        tab = Tab(lab, page, name)
+        page.on("pageerror", lambda exc: tab.js_errors.append(str(exc)))
+        return tab
 
-@pytest.fixture(scope="module")
-def shots(artifacts_dir) -> Path:
-    out = artifacts_dir / "browser"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-# --------------------------------------------------------------------------- helpers
-
-def _prepare(lab, stem: str, name: str | None = None, extra_code: str = "") -> str:
-    source = NOTEBOOKS / f"{stem}.ipynb"
-    if not source.exists():
-        pytest.fail(f"{source} is missing")
-    params = {"run_dir": str(lab.run_dir), **SMOKE.get(stem, {}), **BROWSER_PARAMS.get(stem, {})}
-    name = name or f"{stem}.ipynb"
-    inject_parameters(source, lab.root / name, params, extra_code)
-    return name
-
-
-def _errors_on_page(page) -> list[str]:
-    return [text for text in page.evaluate(_JS_ERRORS) if _ERROR_TEXT.search(text)]
-
-
-def _fail(page, shots: Path, label: str, message: str) -> None:
-    page.screenshot(path=str(shots / f"{label}-failure.png"), full_page=True)
-    pytest.fail(f"{message}\n(screenshot: {shots / f'{label}-failure.png'})", pytrace=False)
-
-
-def _wait_for_kernel(lab, page, name: str, shots: Path, timeout: float = 120) -> None:
-    """Wait until JupyterLab started the notebook's kernel and the kernel is idle."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dialog = page.locator(".jp-Dialog")
-        if dialog.count():
-            _fail(page, shots, Path(name).stem, f"{name}: a dialog popped up when opening the "
-                                                f"notebook: {dialog.first.inner_text()}")
-        states = [s["kernel"]["execution_state"] for s in lab.api("/api/sessions")
-                  if s.get("path") == name and s.get("kernel")]
-        if states == ["idle"]:
-            return
-        time.sleep(0.5)
-    _fail(page, shots, Path(name).stem, f"{name}: no idle kernel after {timeout:.0f} s")
-
-
-def _open_and_run_all(lab, page, name: str, shots: Path) -> None:
-    """Open the notebook, Run → Run All Cells, wait until every code cell has run (or failed)."""
-    label = Path(name).stem
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
-    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
-    _wait_for_kernel(lab, page, name, shots)
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
-    prompts: list[str] = []
-    while time.monotonic() < deadline:
-        dialog = page.locator(".jp-Dialog")
-        if dialog.count():
-            _fail(page, shots, label, f"{name}: a dialog blocks the run: {dialog.first.inner_text()}")
-        errors = _errors_on_page(page)
-        if errors:
-            _fail(page, shots, label, f"{name}: a cell failed in JupyterLab:\n" + errors[0][-3000:])
-        prompts = page.evaluate(_JS_PROMPTS)
-        idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() == 1
-        if prompts and idle and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
-            break
-        time.sleep(1)
-    else:
-        _fail(page, shots, label, f"{name}: Run All Cells did not finish within "
-                                  f"{RUN_ALL_TIMEOUT_S} s; cell prompts: {prompts}")
-    errors = _errors_on_page(page)
-    if errors:
-        _fail(page, shots, label, f"{name}: a cell failed in JupyterLab:\n" + errors[0][-3000:])
-
-
-def _wait_for_points(page, plot, shots: Path, label: str) -> list[str]:
-    deadline = time.monotonic() + PLOT_TIMEOUT_S
-    while time.monotonic() < deadline:
-        points = plot.evaluate(_JS_POINTS)
-        if points:
-            return points
-        time.sleep(0.5)
-    _fail(page, shots, label, "a plotly figure rendered no points (no .scatterlayer/.bars .point)")
-    return []
-
-
-def _wait_for_all_plots(page, shots: Path, label: str) -> list[int]:
-    """Points per plotly figure on the page, once every figure has drawn some."""
-    deadline = time.monotonic() + PLOT_TIMEOUT_S
-    counts: list[int] = []
-    while time.monotonic() < deadline:
-        counts = page.evaluate(_JS_POINTS_PER_PLOT)
-        if counts and all(counts):
-            return counts
-        time.sleep(0.5)
-    _fail(page, shots, label, f"plotly figures did not all render points: points per figure "
-                              f"{counts} (no figure at all when empty)")
-    return counts
-
-
-def _check_no_kernel_errors(lab, page, shots: Path, label: str, since: int) -> None:
-    """Widget callbacks run outside any cell: their exceptions reach the kernel's stderr (the
-    server log) and the JupyterLab log console, never a cell output. Both are checked."""
-    tracebacks = lab.kernel_tracebacks(since)
-    if tracebacks:
-        _fail(page, shots, label, "the kernel raised while handling a widget event:\n"
-                                  + tracebacks[0])
-    errors = _errors_on_page(page)
-    if errors:
-        _fail(page, shots, label, "an error appeared in the notebook after the widget event:\n"
-                                  + errors[0][-3000:])
+    yield _open
+    for page in pages:
+        page.close()
+    lab.server.shutdown_kernels()  # each test's kernel holds a model; free it for the next test
 
 
 # --------------------------------------------------------------------------- tests
 
-def test_quickstart_renders_table_and_figure(lab, page, shots):
-    name = _prepare(lab, QUICKSTART)
-    _open_and_run_all(lab, page, name, shots)
-    label = QUICKSTART
-
-    tables = page.locator(".jp-OutputArea-output table.dataframe")
-    answer_table = None
-    for i in range(tables.count()):
-        headers = tables.nth(i).locator("thead th").all_inner_texts()
-        if "answer" in headers:
-            answer_table = tables.nth(i)
-            break
-    if answer_table is None:
-        _fail(page, shots, label, "no answer table (a DataFrame with an 'answer' column) rendered")
-    rows = answer_table.locator("tbody tr")
+def test_quickstart_renders_table_and_figure(open_tab):
+    tab = open_tab(QUICKSTART)
+    tab.open_and_run_all()
+    page = tab.page
     languages = {**SMOKE.get(QUICKSTART, {}), **BROWSER_PARAMS[QUICKSTART]}.get(
         "languages", ["en", "zh", "ru", "ar", "fr"])
-    assert rows.count() == 2 * len(languages), f"answer table has {rows.count()} rows"
-    assert "Paris" in answer_table.inner_text(), "the English benign answer does not name Paris"
 
-    plots = page.locator(".jp-Notebook .js-plotly-plot")
-    if plots.count() < 1:
-        _fail(page, shots, label, "no plotly figure rendered")
-    bars = _wait_for_points(page, plots.first, shots, label)
-    assert len(bars) == 2 * len(languages), f"expected one bar per (kind, language), got {len(bars)}"
-    plots.first.scroll_into_view_if_needed()
-    page.screenshot(path=str(shots / f"{label}.png"), full_page=False)
-    assert not page.js_errors, f"JavaScript errors in the page: {page.js_errors[:3]}"
+    tables = page.locator(f"{PANEL} .jp-OutputArea-output table.dataframe")
+    answers = [tables.nth(i) for i in range(tables.count())
+               if "answer" in tables.nth(i).locator("thead th").all_inner_texts()]
+    if not answers:
+        tab.fail("no answer table (a DataFrame with an 'answer' column) rendered")
+    rows = answers[0].locator("tbody tr").count()
+    assert rows == 2 * len(languages), f"answer table has {rows} rows"
+    assert "Paris" in answers[0].inner_text(), "the English benign answer does not name Paris"
+
+    marks = tab.wait_for_all_plots()
+    assert marks == [2 * len(languages)], f"expected one bar figure with a bar per (kind, " \
+                                          f"language); bars per figure: {marks}"
+    page.locator(f"{PANEL} .js-plotly-plot").first.scroll_into_view_if_needed()
+    tab.shoot()
+    tab.check_no_js_errors()
 
 
-def _explorer_test(lab, page, shots, name: str, label: str) -> Path:
+def _check_explorer(tab: Tab) -> None:
     """Run the geometry notebook, then move the explorer's layer slider and watch the plot."""
-    _open_and_run_all(lab, page, name, shots)
-    _wait_for_all_plots(page, shots, label)
-
-    explorer = page.locator(".mlcwb-explorer").first
-    slider = page.locator(".mlcwb-layer-slider")
-    if slider.count() != 1 or explorer.count() != 1:
-        _fail(page, shots, label, f"expected one explorer with a layer slider (ipywidgets, class "
-                                  f"mlcwb-layer-slider); found {explorer.count()} explorer(s), "
-                                  f"{slider.count()} slider(s) - is anywidget installed?")
-    assert "layer" in slider.locator(".widget-label").inner_text()
-    figure = explorer.locator(".js-plotly-plot").first
+    tab.open_and_run_all()
+    tab.wait_for_all_plots()
+    page = tab.page
+    explorer = page.locator(f"{PANEL} .mlcwb-explorer")
+    slider = explorer.locator(".mlcwb-layer-slider")
+    if explorer.count() != 1 or slider.count() != 1:
+        tab.fail(f"expected one explorer (ipywidgets VBox, class mlcwb-explorer) with a layer "
+                 f"slider (class mlcwb-layer-slider); found {explorer.count()} explorer(s), "
+                 f"{slider.count()} slider(s). Without the anywidget package plotly has no "
+                 "FigureWidget and the explorer falls back to a static figure.")
+    assert slider.locator(".widget-label").inner_text() == "layer"
+    figure = explorer.locator(".js-plotly-plot")
     explorer.scroll_into_view_if_needed()
-    before = _wait_for_points(page, figure, shots, label)
+    before = figure.evaluate(_JS_POINTS)
     readout = slider.locator(".widget-readout")
     layer_before = readout.inner_text()
 
-    handle = slider.locator(".noUi-handle").first
-    at_max = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
-    log_offset = len(lab.log())
+    handle = slider.locator(".noUi-handle")
+    at_max = float(handle.get_attribute("aria-valuenow")) >= float(
+        handle.get_attribute("aria-valuemax"))
+    log_offset = len(tab.lab.server.log())
     handle.focus()
-    handle.press("ArrowLeft" if at_max else "ArrowRight")  # the explorer starts at the last layer
+    handle.press("ArrowLeft" if at_max else "ArrowRight")  # the explorer opens on the last layer
     deadline = time.monotonic() + SLIDER_TIMEOUT_S
     after = before
-    while time.monotonic() < deadline:
-        after = figure.evaluate(_JS_POINTS)
-        if after and after != before:
-            break
+    while time.monotonic() < deadline and (not after or after == before):
         time.sleep(0.5)
-    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
-    time.sleep(1)  # let the kernel's stderr reach the log
-    _check_no_kernel_errors(lab, page, shots, label, log_offset)
-    if readout.inner_text() == layer_before:
-        _fail(page, shots, label, f"the layer slider did not move (still {layer_before})")
+        after = figure.evaluate(_JS_POINTS)
+    # the kernel has handled the slider event (and written any traceback) once it is idle again
+    tab.wait_for_idle_kernel(timeout=60)
+    time.sleep(1)
+    tab.check_no_kernel_errors(log_offset, "while handling the layer slider")
+    layer_after = readout.inner_text()
+    if layer_after == layer_before:
+        tab.fail(f"the layer slider did not move (still at layer {layer_before})")
     if after == before:
-        _fail(page, shots, label, f"moving the layer slider from {layer_before} to "
-                                  f"{readout.inner_text()} did not change the plotted points")
-    title = figure.locator(".gtitle").inner_text() if figure.locator(".gtitle").count() else ""
-    assert title.endswith(f"layer {readout.inner_text()}"), f"figure title {title!r}"
-    page.screenshot(path=str(shots / f"{label}.png"), full_page=False)
-    explorer.screenshot(path=str(shots / f"{label}-explorer.png"))
-    assert not page.js_errors, f"JavaScript errors in the page: {page.js_errors[:3]}"
-    return shots / f"{label}-explorer.png"
+        tab.fail(f"moving the layer slider from {layer_before} to {layer_after} did not change "
+                 "the plotted points")
+    title = figure.locator(".gtitle").evaluate("e => e.textContent")
+    assert title.endswith(f"layer {layer_after}"), f"figure title {title!r} after the move"
+    status = explorer.locator(".mlcwb-explorer-status").inner_text()
+    assert status.startswith(f"layer {layer_after}"), f"status line {status!r} after the move"
+    tab.shoot()
+    explorer.screenshot(path=str(tab.lab.shots / f"{tab.label}-explorer.png"))
+    tab.check_no_js_errors()
 
 
-@pytest.mark.skipif(not (NOTEBOOKS / f"{GEOMETRY}.ipynb").exists(),
-                    reason=f"notebooks/{GEOMETRY}.ipynb is not there yet")
-def test_geometry_explorer_slider_changes_the_plot(lab, page, shots):
-    _explorer_test(lab, page, shots, _prepare(lab, GEOMETRY), GEOMETRY)
+def test_geometry_explorer_slider_changes_the_plot(open_tab):
+    _check_explorer(open_tab(GEOMETRY))
 
 
 @pytest.mark.skipif(os.environ.get("MLCWB_BROWSER_NEGATIVE") != "1",
                     reason="negative check; run with MLCWB_BROWSER_NEGATIVE=1, it must FAIL")
-def test_negative_broken_slider_callback_is_caught(lab, page, shots):
+def test_negative_broken_slider_callback_is_caught(open_tab):
     """Expected to FAIL: the slider callback raises, and the checks above must notice."""
-    name = _prepare(lab, GEOMETRY, f"{GEOMETRY}-broken.ipynb", extra_code=BREAK_SLIDER)
-    _explorer_test(lab, page, shots, name, f"{GEOMETRY}-broken")
+    _check_explorer(open_tab(GEOMETRY, f"{GEOMETRY}-broken.ipynb", extra_code=BREAK_SLIDER))
