@@ -176,8 +176,14 @@ def collate_align(examples: Sequence[AlignExample], pad_id: int, dpo: bool) -> d
 
 
 def encode_mlc(tokenizer: Any, groups: Sequence[Sequence[str]], chat_template: bool) -> dict[str, Tensor]:
-    """Prompt-only rows (prompt-major: all languages of prompt 0, then prompt 1, ...)."""
-    enc = encode_with_content(tokenizer, [t for group in groups for t in group], chat_template)
+    """Prompt-only rows (prompt-major: all languages of prompt 0, then prompt 1, ...).
+
+    Right padding: with left padding a pad query has no key it may attend to, fused CUDA attention
+    returns NaN for that row, and NaN x 0 poisons the backward pass even though pooling never
+    reads the row. Pooling is mask-aware, so the pooled states are the same either way.
+    """
+    enc = encode_with_content(tokenizer, [t for group in groups for t in group], chat_template,
+                              padding_side="right")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "content_mask")}
 
 
