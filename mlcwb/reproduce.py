@@ -52,12 +52,13 @@ PRESETS: dict[str, Preset] = {
         common={"model_name": "tiny-random-llama", "languages": ["en", "zh"], "device": "cpu"},
         notebooks={
             "00_quickstart": {"max_new_tokens": 4},
-            "01_translation": {"n_prompts": 4},
-            "02_hidden_states": {"n_prompts": 8},
+            "01_translation": {"n_prompts": 4, "languages": ["zh"]},
+            "02_hidden_states": {"n_prompts": 4, "layers": [0, -1]},
             "03_geometry_umap": {"n_prompts": 8, "method": "pca"},
-            "04_mlc_training": {"train_prompts": 4, "heldout_prompts": 4, "epochs": 1},
-            "05_safety_comparison": {"n_harmful": 4, "n_benign": 4, "max_new_tokens": 4,
-                                     "utility_prompts": 4, "n_boot": 50},
+            "04_mlc_training": {"train_prompts": 4, "heldout_prompts": 4, "lr": 1e-3,
+                                "aux_every": 1, "schedules": ["joint", "sequential"]},
+            "05_safety_comparison": {"n_harmful": 2, "n_benign": 2, "max_new_tokens": 4,
+                                     "utility_prompts": 2, "n_boot": 50},
         },
     ),
     "quick": Preset(
@@ -67,8 +68,10 @@ PRESETS: dict[str, Preset] = {
         common={"model_name": "smollm2-135m-instruct",
                 "languages": ["en", "zh", "ru", "ar", "fr", "es"], "device": "auto"},
         notebooks={
+            "01_translation": {"languages": ["zh", "ru", "ar", "fr", "es"]},
             "02_hidden_states": {"n_prompts": 96},
             "03_geometry_umap": {"n_prompts": 96},
+            "04_mlc_training": {"schedules": ["joint", "sequential"]},
         },
     ),
     "cpu-full": Preset(
@@ -76,8 +79,11 @@ PRESETS: dict[str, Preset] = {
         description="every corpus language, the full train split, more steps (hours on CPU)",
         common={"model_name": "smollm2-135m-instruct", "languages": None, "device": "auto"},
         notebooks={
+            "01_translation": {"languages": ["zh", "ru", "ja", "ar", "bn", "sw", "ur", "fr", "de", "es"]},
             "02_hidden_states": {"n_prompts": 432},
             "03_geometry_umap": {"n_prompts": 432},
+            "04_mlc_training": {"train_prompts": 288, "epochs": 3, "schedules": ["joint", "sequential"]},
+            "05_safety_comparison": {"n_harmful": 48, "n_benign": 48},
         },
     ),
     "paper": Preset(
@@ -87,7 +93,10 @@ PRESETS: dict[str, Preset] = {
         common={"model_name": "Qwen/Qwen2.5-7B-Instruct", "languages": PAPER_LANGUAGES,
                 "device": "cuda"},
         notebooks={
-            "01_translation": {"backend": "mt:facebook/nllb-200-distilled-600M"},
+            "01_translation": {"backend": "mt:facebook/nllb-200-distilled-600M",
+                               "languages": PAPER_LANGUAGES[1:]},
+            "04_mlc_training": {"train_prompts": 288, "epochs": 3, "lr": 6e-7,
+                                "schedules": ["joint", "sequential"]},
         },
     ),
 }
