@@ -30,13 +30,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOKS = repo_root() / "notebooks"
 QUICKSTART, GEOMETRY = "00_quickstart", "03_geometry_umap"
-# On top of the papermill smoke parameters: the browser checks rendering and interaction, not the
-# science, so the smallest runs that still draw every figure (03 on the tiny random model).
-BROWSER_PARAMS: dict[str, dict] = {
-    QUICKSTART: {"languages": ["en", "zh", "ar"]},
-    GEOMETRY: {"model_name": "tiny-random-llama", "languages": ["en", "zh", "ru"], "n_prompts": 12,
-               "method": "pca", "device": "cpu"},
-}
+# On top of the papermill smoke parameters (tests/notebook_params.py): the browser checks
+# rendering and interaction, not the science, so fewer languages where that saves time.
+BROWSER_PARAMS: dict[str, dict] = {QUICKSTART: {"languages": ["en", "zh", "ar"]}, GEOMETRY: {}}
 RUN_ALL_TIMEOUT_S = 420       # 00 loads SmolLM2 and generates: 1-3 min on 2 shared cores
 PLOT_TIMEOUT_S = 60
 SLIDER_TIMEOUT_S = 90         # a first look at a layer projects it (UMAP can take seconds)
