@@ -30,7 +30,7 @@ reproduce: model
 	$(VENV)/bin/mlcwb reproduce --preset $(PRESET) --out $(RUN)
 
 browser-deps: $(STAMP)
-	sh tools/install_browser.sh
+	sh tools/install_browser.sh $(PY)
 
 test: model browser-deps
 	$(PY) -m pytest

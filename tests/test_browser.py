@@ -38,8 +38,8 @@ PLOT_TIMEOUT_S = 60
 SLIDER_TIMEOUT_S = 90         # a first look at a layer projects it (UMAP can take seconds)
 
 # Replaces mlcwb.viz.explorer for the negative test: the slider gets one more observer, which
-# raises after the explorer's own redraw, so the plot still changes and only the kernel's error
-# report gives the failure away (the hardest case to catch).
+# raises after the explorer's own redraw, so the plot still changes and only the error report
+# (JupyterLab's Log Console) gives the failure away: the hardest case to catch.
 BREAK_SLIDER = '''
 import mlcwb.viz as _viz
 
@@ -67,6 +67,8 @@ _JS_PROMPTS = f"""() => [...document.querySelectorAll(
 _JS_ERRORS = f"""() => [...document.querySelectorAll(
         '{PANEL} .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
     .map(e => e.innerText)"""
+_JS_LOG_CONSOLE = """() => [...document.querySelectorAll('.jp-LogConsolePanel .jp-OutputArea-output')]
+    .map(e => e.innerText)"""
 _POINTS = ".scatterlayer .point, .bars .point"
 _JS_POINTS = f"""plot => [...plot.querySelectorAll('{_POINTS}')]
     .map(p => (p.getAttribute('transform') || '') + (p.getAttribute('d') || ''))"""
@@ -76,6 +78,13 @@ _JS_MARKS_PER_PLOT = f"""() => [...document.querySelectorAll('{PANEL} .js-plotly
         '{_POINTS}, .heatmaplayer image, .scatterlayer .js-line').length)"""
 _ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception)\b[^\n]*:",
                          re.MULTILINE)
+
+
+def _excerpt(traceback: str, head: int = 400, tail: int = 1600) -> str:
+    """The start (where it was raised from) and the end (the error itself) of a traceback."""
+    if len(traceback) <= head + tail:
+        return traceback
+    return f"{traceback[:head]}\n[...]\n{traceback[-tail:]}"
 
 
 @dataclass
@@ -117,7 +126,7 @@ class Tab:
     def check_no_cell_errors(self, when: str) -> None:
         errors = self.cell_errors()
         if errors:
-            self.fail(f"an error output appeared {when}:\n{errors[0][-3000:]}")
+            self.fail(f"an error output appeared {when}:\n{_excerpt(errors[0])}")
 
     def check_no_dialog(self, when: str) -> None:
         dialog = self.page.locator(".jp-Dialog")
@@ -174,9 +183,23 @@ class Tab:
                   "(empty: no figure at all)")
         return counts
 
+    def log_console_errors(self) -> list[str]:
+        """Errors in JupyterLab's Log Console (View → Show Log Console), opened if needed."""
+        if not self.page.locator(".jp-LogConsolePanel").count():
+            self.page.click(".lm-MenuBar-itemLabel:text-is('View')")
+            self.page.click(".lm-Menu-itemLabel:text-is('Show Log Console')")
+            self.page.wait_for_selector(".jp-LogConsolePanel", timeout=10_000)
+            time.sleep(1)
+        return [text for text in self.page.evaluate(_JS_LOG_CONSOLE) if _ERROR_TEXT.search(text)]
+
     def check_no_kernel_errors(self, log_offset: int, when: str) -> None:
-        """A widget callback runs outside any cell: ipykernel reports its exception on the
-        kernel's stderr (the server log), never in a cell output. Both places are checked."""
+        """A widget callback runs outside any cell, so its exception never shows in a cell:
+        ipywidgets sends it as an error message that JupyterLab puts in the Log Console (the
+        status bar's log counter flashes); errors ipywidgets does not catch reach the kernel's
+        stderr (the server log). All three places are checked."""
+        errors = self.log_console_errors()
+        if errors:
+            self.fail(f"the Log Console shows an error {when}:\n{_excerpt(errors[0])}")
         tracebacks = self.lab.server.kernel_tracebacks(log_offset)
         if tracebacks:
             self.fail(f"the kernel raised {when}:\n{tracebacks[0]}")
@@ -286,6 +309,8 @@ def _check_explorer(tab: Tab) -> None:
     # the kernel has handled the slider event (and written any traceback) once it is idle again
     tab.wait_for_idle_kernel(timeout=60)
     time.sleep(1)
+    tab.shoot()
+    explorer.screenshot(path=str(tab.lab.shots / f"{tab.label}-explorer.png"))
     tab.check_no_kernel_errors(log_offset, "while handling the layer slider")
     layer_after = readout.inner_text()
     if layer_after == layer_before:
@@ -297,8 +322,6 @@ def _check_explorer(tab: Tab) -> None:
     assert title.endswith(f"layer {layer_after}"), f"figure title {title!r} after the move"
     status = explorer.locator(".mlcwb-explorer-status").inner_text()
     assert status.startswith(f"layer {layer_after}"), f"status line {status!r} after the move"
-    tab.shoot()
-    explorer.screenshot(path=str(tab.lab.shots / f"{tab.label}-explorer.png"))
     tab.check_no_js_errors()
 
 
