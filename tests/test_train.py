@@ -21,7 +21,7 @@ from mlcwb.io import read_jsonl
 from mlcwb.mlc import Extractor, MLCConfig, mlc_loss, prompt_states
 from mlcwb.models import load_model
 from mlcwb.train import (TrainModule, collate_align, dpo_loss, encode_mlc, latest_checkpoint,
-                         load_extractor, plan, prepare_data, response_logps, train)
+                         load_extractor, plan, prepare_data, train)
 from mlcwb.train_config import REFUSAL, TrainConfig
 
 LANGS = ["en", "de", "fr"]
