@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import DynamicCache
 
 from mlcwb.errors import ConfigError
 from mlcwb.extract import POOLINGS, pool_hidden
@@ -35,6 +36,8 @@ from mlcwb.extract import POOLINGS, pool_hidden
 VARIANTS = ("official", "cosine")
 EXTRACTORS = ("linear", "frozen", "identity")
 BATCHINGS = ("separate", "official")
+BUCKETINGS = ("auto", "length", "none")
+MAX_PADDING = 0.25  # padding a length bucket may add, as a share of its real tokens
 _EPS = 1e-6
 
 
@@ -47,6 +50,9 @@ class MLCConfig:
     token identical in every language), ``content_last``/``content_mean`` look at the user's words.
     ``batching="official"`` appends the prompts to the policy batch like the paper's code
     (padded to it, LM-head logits computed) so the two can be measured side by side.
+    ``buckets`` splits the separate MLC forward into length buckets (``length``) or keeps one padded
+    batch (``none``); ``auto`` buckets on a CPU, where a forward costs in proportion to the
+    positions it computes, and keeps one batch on an accelerator, where fewer launches win.
     """
 
     lam: float = 0.8
@@ -61,6 +67,7 @@ class MLCConfig:
     lang_weights: dict[str, float] | None = None
     batching: str = "separate"
     batch_size: int = 2  # prompts per MLC step; each brings all its languages
+    buckets: str = "auto"
 
     def validate(self) -> MLCConfig:
         checks = [
@@ -68,6 +75,7 @@ class MLCConfig:
             (self.extractor in EXTRACTORS, f"mlc.extractor {self.extractor!r}: use one of {EXTRACTORS}"),
             (self.pooling in POOLINGS, f"mlc.pooling {self.pooling!r}: use one of {POOLINGS}"),
             (self.batching in BATCHINGS, f"mlc.batching {self.batching!r}: use one of {BATCHINGS}"),
+            (self.buckets in BUCKETINGS, f"mlc.buckets {self.buckets!r}: use one of {BUCKETINGS}"),
             (self.lam >= 0, f"mlc.lam must be >= 0, got {self.lam}"),
             (self.tau > 0, f"mlc.tau must be > 0, got {self.tau}"),
             (self.aux_every >= 1, f"mlc.aux_every must be >= 1, got {self.aux_every}"),
@@ -222,23 +230,113 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Row indices grouped by length so that no group pads more than ``max_padding`` of its tokens.
+
+    The L translations of one prompt differ several-fold in token count (with an English-centric
+    tokenizer a Bengali prompt takes about four times the tokens of its English source), so one
+    padded batch of them computes mostly padding. Longest rows first; a singleton never pads.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        if current and lengths[current[0]] * (len(current) + 1) > (1 + max_padding) * (real + lengths[i]):
+            buckets.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += int(lengths[i])
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def computed_positions(attention_mask: Tensor, bucketed: bool) -> int:
+    """Positions a prompt-only forward computes (real tokens + padding) with or without buckets."""
+    lengths = attention_mask.sum(-1).tolist()
+    if not bucketed:
+        return attention_mask.numel()
+    return sum(len(rows) * max(lengths[i] for i in rows) for rows in length_buckets(lengths))
+
+
+def shared_prefix(input_ids: Tensor, attention_mask: Tensor, content_mask: Tensor | None = None) -> int:
+    """Leading positions identical in every row (the chat template's system prompt and user
+    header): computed once, their keys and values serve every row. Stops before any row's last
+    token and before its first content token, so pooled positions always lie after it."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    length = int(same.long().cumprod(0).sum())
+    length = min(length, int(attention_mask.sum(-1).min()) - 1)
+    if content_mask is not None and bool(content_mask.any()):
+        first = torch.where(content_mask.bool(), torch.arange(content_mask.shape[1], device=content_mask.device),
+                            content_mask.shape[1]).amin()
+        length = min(length, int(first))
+    return max(length, 0)
+
+
+def computed_positions(attention_mask: Tensor, bucketed: bool, prefix: int = 0) -> int:
+    """Positions a prompt-only forward computes (real tokens + padding), as ``prompt_states``
+    runs it: one padded batch, or length buckets after a shared prefix of ``prefix`` tokens."""
+    if not bucketed:
+        return attention_mask.numel()
+    lengths = (attention_mask.sum(-1) - prefix).tolist()
+    return prefix + sum(len(rows) * max(lengths[i] for i in rows) for rows in length_buckets(lengths))
+
+
 def prompt_states(model: Any, input_ids: Tensor, attention_mask: Tensor, layer: int = -1,
-                  pooling: str = "last", content_mask: Tensor | None = None) -> Tensor:
-    """Pooled hidden states (N, H) of prompt-only sequences from the backbone (no LM head).
+                  pooling: str = "last", content_mask: Tensor | None = None,
+                  bucketed: bool = False) -> Tensor:
+    """Pooled hidden states (N, H) of right-padded prompt-only sequences from the backbone (no LM
+    head).
 
     ``layer`` counts like ``hidden_states``; the last index is taken from ``last_hidden_state``
-    so the common case asks for no extra outputs.
+    so the common case asks for no extra outputs. ``bucketed`` spends compute on real tokens
+    only: the prefix every row shares is run once and its keys/values are reused (gradients flow
+    back through them), and the rest runs in length buckets (see ``length_buckets``), each cut
+    to its own width. Causal attention makes both exact: the states equal the one-batch ones.
     """
     n_layers = model.config.get_text_config().num_hidden_layers
     index = layer if layer >= 0 else n_layers + 1 + layer
     if not 0 <= index <= n_layers:
         raise ConfigError(f"layer {layer} is out of range for a model with {n_layers} layers "
                           f"(0 = embeddings ... {n_layers} = after the final norm, or -1)")
-    out = backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids(attention_mask),
-                          output_hidden_states=index != n_layers, use_cache=False)
-    hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
-    return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
+    decoder = backbone(model)
+    if not bucketed:
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids(attention_mask),
+                      output_hidden_states=index != n_layers, use_cache=False)
+        hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
+        return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
+    if bool(attention_mask[:, 0].eq(0).any()):
+        raise ConfigError("bucketed prompt_states needs right-padded rows (padding_side='right').")
+    prefix = shared_prefix(input_ids, attention_mask, content_mask)
+    cached = None
+    if prefix:
+        cached = decoder(input_ids=input_ids[:1, :prefix],
+                         attention_mask=attention_mask[:1, :prefix], use_cache=True).past_key_values
+    groups = length_buckets((attention_mask.sum(-1) - prefix).tolist())
+    parts = []
+    for rows in groups:
+        idx = torch.tensor(rows, device=input_ids.device)
+        width = int(attention_mask[idx].sum(-1).max())
+        mask = attention_mask[idx, :width]
+        past = None
+        if cached is not None:
+            past = DynamicCache(ddp_cache_data=[(lay.keys.expand(len(rows), -1, -1, -1),
+                                                 lay.values.expand(len(rows), -1, -1, -1))
+                                                for lay in cached.layers], config=model.config)
+        out = decoder(input_ids=input_ids[idx, prefix:width], attention_mask=mask,
+                      position_ids=position_ids(mask)[:, prefix:], past_key_values=past,
+                      output_hidden_states=index != n_layers, use_cache=past is not None)
+        hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
+        parts.append(pool_hidden(hidden, mask[:, prefix:], pooling,
+                                 content_mask=None if content_mask is None else content_mask[idx, prefix:width]))
+    order = torch.tensor([i for rows in groups for i in rows], device=input_ids.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(parts)[inverse]
 
 
 def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tensor | None:
@@ -253,8 +351,8 @@ def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tens
 
 
 __all__ = [
-    "BATCHINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS", "backbone",
+    "BATCHINGS", "BUCKETINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS", "backbone",
     "full_precision",
-    "language_weights", "mlc_floor", "mlc_loss", "mlc_objective", "pairwise_cosine_loss",
+    "computed_positions", "language_weights", "length_buckets", "mlc_floor", "shared_prefix", "mlc_loss", "mlc_objective", "pairwise_cosine_loss",
     "position_ids", "prompt_states",
 ]

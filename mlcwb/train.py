@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
 from mlcwb.extract import encode_with_content, pool_hidden
 from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from mlcwb.mlc import Extractor, language_weights, mlc_objective, position_ids, prompt_states
+from mlcwb.mlc import (Extractor, MLCConfig, computed_positions, language_weights, mlc_objective,
+                       position_ids, prompt_states, shared_prefix)
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.train_config import REFUSAL, TrainConfig
 
@@ -225,10 +226,12 @@ class TrainModule(nn.Module):
     """
 
     def __init__(self, model: nn.Module, extractor: Extractor, layer: int = -1,
-                 pooling: str = "last", batching: str = "separate", pad_id: int = 0):
+                 pooling: str = "last", batching: str = "separate", pad_id: int = 0,
+                 bucketed: bool = False):
         super().__init__()
         self.model, self.extractor = model, extractor
         self.layer, self.pooling, self.batching, self.pad_id = layer, pooling, batching, pad_id
+        self.bucketed = bucketed
 
     def forward(self, align: dict[str, Any] | None = None,
                 mlc: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -244,7 +247,8 @@ class TrainModule(nn.Module):
                 out["logps"], out["lengths"] = response_logps(logits, align)
             if mlc is not None:
                 states = prompt_states(self.model, mlc["input_ids"], mlc["attention_mask"],
-                                       self.layer, self.pooling, mlc.get("content_mask"))
+                                       self.layer, self.pooling, mlc.get("content_mask"),
+                                       bucketed=self.bucketed)
         if states is not None:
             out["states"] = states
             out["z"] = self.extractor(states)
@@ -530,7 +534,8 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     module = TrainModule(model, extractor, mlc_cfg.layer if mlc_cfg else -1,
                          mlc_cfg.pooling if mlc_cfg else "last",
-                         mlc_cfg.batching if mlc_cfg else "separate", pad_id)
+                         mlc_cfg.batching if mlc_cfg else "separate", pad_id,
+                         bucketed=_bucketed(mlc_cfg, accelerator.device))
 
     ckpt = latest_checkpoint(output_dir) if config.resume else None
     saved: dict[str, Any] | None = None
@@ -582,7 +587,6 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
         return {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     params = [p for group in groups for p in group["params"]]
-    module_batching = mlc_cfg.batching if mlc_cfg else "separate"
     bar = tqdm(range(start, total), desc=f"train {config.align}{'+mlc' if mlc_cfg else ''}",
                initial=start, total=total, disable=not accelerator.is_local_main_process)
     for step in bar:
@@ -605,7 +609,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
             picked = _slice(n_mlc, mlc_cfg.batch_size, per_epoch, jm, config.seed, 100 + index, rank, world)
             mlc_batch = encode_mlc(tokenizer, [data.mlc_texts[i] for i in picked], config.chat_template)
             tokens += int(mlc_batch["attention_mask"].sum())
-        positions = _positions(align_batch, mlc_batch, module_batching)
+        positions = _positions(align_batch, mlc_batch, module)
         with accelerator.autocast():
             out = module(align=to_device(align_batch) if align_batch else None,
                          mlc=to_device(mlc_batch) if mlc_batch else None)
@@ -656,12 +660,23 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     return _finish(accelerator, module, tokenizer, output_dir, total, ckpt, saved)
 
 
-def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, batching: str) -> int:
+def _bucketed(mlc: MLCConfig | None, device: torch.device) -> bool:
+    """Length buckets for the MLC forward: on a CPU (cost follows positions), not on a GPU, where
+    one padded batch of a few thousand positions beats several kernel launches."""
+    if mlc is None or mlc.buckets == "none":
+        return False
+    return mlc.buckets == "length" or device.type == "cpu"
+
+
+def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, module: TrainModule) -> int:
     """Positions the forward computes (real tokens + padding): the cost the batching decides."""
-    if align is not None and mlc is not None and batching == "official":
+    if align is not None and mlc is not None and module.batching == "official":
         rows = align["input_ids"].shape[0] + mlc["input_ids"].shape[0]
         return rows * max(align["input_ids"].shape[1], mlc["input_ids"].shape[1])
-    return sum(b["input_ids"].numel() for b in (align, mlc) if b is not None)
+    return (align["input_ids"].numel() if align is not None else 0) + \
+        (computed_positions(mlc["attention_mask"], module.bucketed,
+                            shared_prefix(mlc["input_ids"], mlc["attention_mask"], mlc.get("content_mask"))
+                            if module.bucketed else 0) if mlc is not None else 0)
 
 
 def _stop(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Path, step: int,

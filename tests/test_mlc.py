@@ -137,7 +137,7 @@ def test_extractor_kinds_and_reference_copy():
 
 
 @pytest.mark.parametrize("bad", [{"tau": 0}, {"aux_every": 0}, {"variant": "kl"}, {"pooling": "first"},
-                                 {"extractor": "mlp"}, {"batching": "fused"}, {"lam": -1},
+                                 {"extractor": "mlp"}, {"batching": "fused"}, {"buckets": "yes"}, {"lam": -1},
                                  {"lang_weights": {"en": -1.0}}])
 def test_mlc_config_validation(bad):
     with pytest.raises(ConfigError):

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import ConfigError, LanguageError, TrainingError
 from mlcwb.io import read_jsonl
-from mlcwb.mlc import Extractor, MLCConfig, mlc_loss, prompt_states
-from mlcwb.models import load_model
+from mlcwb.mlc import (Extractor, MLCConfig, computed_positions, length_buckets, mlc_loss,
+                       prompt_states, shared_prefix)
+from mlcwb.models import encode_prompts, load_model
 from mlcwb.train import (TrainModule, collate_align, dpo_loss, encode_mlc, latest_checkpoint,
                          load_extractor, plan, prepare_data, train)
 from mlcwb.train_config import REFUSAL, TrainConfig
@@ -125,6 +126,50 @@ def test_official_batching_computes_the_same_numbers(tmp_path, tiny_llama):
         a, b = ours(align=align, mlc=mlc), official(align=align, mlc=mlc)
     assert torch.allclose(a["logps"], b["logps"], atol=1e-3)
     assert torch.allclose(a["z"], b["z"], atol=1e-4)
+
+
+def test_length_buckets_partition_rows_and_bound_padding():
+    lengths = [12, 95, 40, 41, 300, 13, 88, 12, 39, 60]
+    buckets = length_buckets(lengths, max_padding=0.25)
+    assert sorted(i for rows in buckets for i in rows) == list(range(len(lengths)))
+    for rows in buckets:
+        width, real = max(lengths[i] for i in rows), sum(lengths[i] for i in rows)
+        assert len(rows) == 1 or width * len(rows) <= 1.25 * real
+    assert computed_positions(torch.ones(1, 1).expand(10, 300) * (torch.arange(300) < torch.tensor(
+        lengths).unsqueeze(1)), bucketed=True) < 0.5 * 10 * 300
+    assert length_buckets([7, 7, 7]) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("pooling", ["last", "content_mean"])
+def test_bucketed_mlc_forward_gives_the_one_batch_states_and_gradients(tiny_llama, pooling):
+    model, tok = tiny_llama
+    groups = [["Hi.", "A much longer prompt with many words in it, " * 3, "Mid length text here."],
+              ["Another one.", "x" * 90, "Short."]]
+    mlc = encode_mlc(tok, groups, True)
+    assert shared_prefix(mlc["input_ids"], mlc["attention_mask"], mlc["content_mask"]) > 0
+    assert len(length_buckets(mlc["attention_mask"].sum(-1).tolist())) > 1
+    results = []
+    for bucketed in (False, True):
+        model.zero_grad()
+        states = prompt_states(model, mlc["input_ids"], mlc["attention_mask"], pooling=pooling,
+                               content_mask=mlc["content_mask"], bucketed=bucketed)
+        states.pow(2).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((states.detach(), grads))
+    (one, g_one), (buck, g_buck) = results
+    assert torch.allclose(one, buck, atol=1e-4)
+    assert len(g_one) == len(g_buck)
+    for a, b in zip(g_one, g_buck):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    prefix = shared_prefix(mlc["input_ids"], mlc["attention_mask"], mlc["content_mask"])
+    assert computed_positions(mlc["attention_mask"], True, prefix) < 0.7 * mlc["attention_mask"].numel()
+
+
+def test_bucketed_mlc_forward_refuses_left_padding(tiny_llama):
+    model, tok = tiny_llama
+    enc = encode_prompts(tok, ["a", "a longer one"], True)
+    with pytest.raises(ConfigError, match="right-padded"):
+        prompt_states(model, enc["input_ids"], enc["attention_mask"], bucketed=True)
 
 
 def test_dpo_loss_is_log2_when_policy_equals_reference():
