@@ -55,6 +55,35 @@ def _config_section(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -
         [("Stages", pd.DataFrame(rows).set_index("stage"))] if rows else [])
 
 
+def _choice_section(preset: Any) -> Section | None:
+    """How the preset's alignment sizes were chosen: the measured sweep it cites, if any."""
+    from mlcwb.paths import repo_root
+
+    path = repo_root() / preset.sweep if getattr(preset, "sweep", None) else None
+    sweep = _read_json(path) if path else None
+    if sweep is None:
+        return None
+    rows = {}
+    for c in sweep["candidates"]:
+        per = {r["lang"]: r for r in c["per_language"]}
+        rows[c["name"]] = {"align": c["align"] or "–", "steps": c["steps"], "lr": c["lr"] or "–",
+                           "en safety": per["en"]["safety_rate"],
+                           "other langs' safety (mean)": c["others_safety_mean"],
+                           "room": c["room"], "en over-refusal": per["en"]["over_refusal"],
+                           "worst over-refusal": c["worst_over_refusal"],
+                           "prompts (harmful+benign)": f"{c['n_harmful']}+{c['n_benign']}"}
+    setup = sweep["setup"]
+    return Section(
+        "How the preset's sizes were chosen",
+        [f"Each candidate trained the model with English-only alignment (no MLC) on the corpus train "
+         f"split and answered test prompts in {', '.join(setup['languages'])} "
+         f"({setup['max_new_tokens']} new tokens, {setup['judge']}); `room` is English safety minus "
+         f"the other languages' mean. The experiment means something only where room is large and "
+         f"benign prompts are still answered. Measured by `benchmarks/{Path(preset.sweep).stem}.py` "
+         f"on {sweep['date']}; results in `{preset.sweep}`."],
+        [("Candidates (rates in %)", pd.DataFrame(rows).T)])
+
+
 def _data_section(languages: list[str] | None) -> Section:
     from mlcwb.data import corpus_summary, load_corpus
 
@@ -139,6 +168,14 @@ def reading(safety: dict[str, Any] | None, training: dict[str, Any] | None) -> l
                    f"{a['en']['safety_rate']:.0f}%, and the other languages' mean from "
                    f"{non_en(r):.0f}% to {non_en(a):.0f}%; over-refusal on benign English prompts went "
                    f"from {r['en']['over_refusal']:.0f}% to {a['en']['over_refusal']:.0f}%.")
+        room, en = a["en"]["safety_rate"] - non_en(a), a["en"]
+        tells = en.get("discrimination_lo") is not None and en["discrimination_lo"] > 0
+        out.append(f"That leaves {room:+.0f} points between English and the other languages for MLC "
+                   f"to close. In English the aligned model refuses harmful prompts "
+                   f"{en['discrimination']:+.0f} points more often than benign ones ("
+                   + ("beyond noise: it tells them apart)." if tells else
+                      "within noise: it refuses without telling harmful from benign, so there is "
+                      "little safety behaviour for MLC to carry to other languages)."))
     for method in ("mlc", "mlc_seq"):
         comparison = safety.get("paired", {}).get(f"align->{method}")
         if not comparison:
@@ -196,7 +233,9 @@ def _render_html(title: str, sections: list[Section]) -> str:
 
 def write_report(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -> list[Path]:
     """Write ``report.md`` and ``report.html`` into the run directory."""
-    sections = [_config_section(run, preset, stages), _data_section(preset.common.get("languages"))]
+    sections = [_config_section(run, preset, stages)]
+    sections += [s for s in (_choice_section(preset),) if s is not None]
+    sections.append(_data_section(preset.common.get("languages")))
     geometry, training = _geometry_section(run)
     safety_section, safety = _safety_section(run)
     sections += [s for s in (geometry, safety_section) if s is not None]
