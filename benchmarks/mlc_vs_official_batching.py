@@ -1,7 +1,8 @@
 """An MLC step of ours vs one with the paper's batching (DPO, default model, 10 languages).
 
 Ours: the 2 x 10 prompt-only rows go through the backbone in their own forward (no LM head, no
-padding to the answer length). Official: the same rows are appended to the DPO batch, padded to
+padding to the answer length; on a CPU the shared template prefix runs once and the rest in length
+buckets). Official: the same rows are appended to the DPO batch, padded to
 its length, and logits are computed for every position. Both run every step with MLC
 (aux_every = 1) in fresh subprocesses (see ``mlc_step_overhead.py`` for the setup). ``ratio`` =
 official / ours step time (target >= 3); beside it the floor set by token counts.

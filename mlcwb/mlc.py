@@ -316,6 +316,8 @@ def prompt_states(model: Any, input_ids: Tensor, attention_mask: Tensor, layer: 
     if prefix:
         cached = decoder(input_ids=input_ids[:1, :prefix],
                          attention_mask=attention_mask[:1, :prefix], use_cache=True).past_key_values
+        if cached is None:  # the model declined to cache (gradient checkpointing): no sharing
+            prefix = 0
     groups = length_buckets((attention_mask.sum(-1) - prefix).tolist())
     parts = []
     for rows in groups:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlcwb.data.promptset import (SPLITS, Prompt, PromptSet, _check_prompt, _check_unique,
+from mlcwb.data.promptset import (SPLITS, Prompt, PromptSet, _check_prompt_at, _check_unique,
                                   _read_jsonl_numbered)
 from mlcwb.errors import ConfigError, DataError, LanguageError
 from mlcwb.io import write_jsonl
@@ -54,10 +54,7 @@ def _corpus_prompt(where: str, row: dict, require_split: bool) -> Prompt:
                     split=row.get("split", "train"), source=CORPUS_SOURCE, borderline=row["borderline"],
                     response=row["response"], rejected=row.get("rejected"), method={"en": "original"},
                     pair=row.get("pair"))
-    try:
-        _check_prompt(prompt)
-    except DataError as exc:
-        raise type(exc)(f"{where}: {exc}") from None
+    _check_prompt_at(prompt, where)
     if prompt.response is None:
         raise DataError(f"{where}: field 'response': every corpus prompt needs an English response")
     if prompt.harmful != (prompt.rejected is not None):

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlcwb.data.promptset import Prompt, PromptSet, _check_prompt, _check_unique, _missing, _read_jsonl_numbered
+from mlcwb.data.promptset import (Prompt, PromptSet, _check_prompt_at, _check_unique, _missing,
+                                  _read_jsonl_numbered)
 from mlcwb.errors import DataError, LanguageError
 from mlcwb.languages import LANGUAGES, get_language
 from mlcwb.paths import shared_data_dir
@@ -293,10 +294,7 @@ def load_table(path: str | Path, text_columns: dict[str, str] | None = None,
             borderline=False if is_borderline is None else _parse_bool(is_borderline, here, "borderline"),
             response=label("response"), rejected=label("rejected"),
             method={lang: "original" for lang in text})
-        try:
-            _check_prompt(prompt)
-        except DataError as exc:
-            raise type(exc)(f"{here}: {exc}") from None
+        _check_prompt_at(prompt, here)
         prompts.append(prompt)
         where.append(here)
     _check_unique(prompts, path, where)

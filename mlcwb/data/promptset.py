@@ -85,6 +85,14 @@ def _check_prompt(p: Prompt) -> None:
             raise DataError(f"field {name!r} must be a non-empty string or null, got {value!r}")
 
 
+def _check_prompt_at(p: Prompt, where: str) -> None:
+    """``_check_prompt`` with ``where`` (file and line, set name) prefixed to its message."""
+    try:
+        _check_prompt(p)
+    except DataError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
 def _as_list(value: Any) -> list | None:
     if value is None:
         return None
@@ -99,10 +107,7 @@ class PromptSet:
         self.prompts: list[Prompt] = list(prompts)
         seen: set[str] = set()
         for p in self.prompts:
-            try:
-                _check_prompt(p)
-            except DataError as exc:
-                raise type(exc)(f"{name}: prompt {p.id!r}: {exc}") from None
+            _check_prompt_at(p, f"{name}: prompt {p.id!r}")
             if p.id in seen:
                 raise DataError(f"{name}: duplicate prompt id {p.id!r}; ids must be unique")
             seen.add(p.id)
@@ -261,11 +266,9 @@ class PromptSet:
                 raise DataError(f"{where}: unknown field(s) {', '.join(unknown)}")
             try:
                 prompt = Prompt(**row)
-                _check_prompt(prompt)
             except TypeError as exc:
                 raise DataError(f"{where}: {exc}") from None
-            except DataError as exc:
-                raise type(exc)(f"{where}: {exc}") from None
+            _check_prompt_at(prompt, where)
             prompts.append(prompt)
         _check_unique(prompts, path)
         return cls(prompts, name or path.stem)
