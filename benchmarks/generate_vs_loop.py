@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 import torch
@@ -47,6 +48,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model("smollm2-135m-instruct", device="cpu")
     texts, source = english_prompts(args.prompts)
+    load_before = os.getloadavg()[0]
 
     start = time.perf_counter()
     batched = generate(model, tokenizer, texts, ["en"], args.max_new_tokens, args.batch_size,
@@ -72,7 +74,8 @@ def main() -> None:
                "loop_note": f"loop timed on the first {len(subset)} prompts; its rate is compared",
                "greedy_compared": len(subset), "greedy_mismatches": len(mismatches),
                "mismatch_indices": mismatches, "torch_threads": torch.get_num_threads(),
-               "note": "2-core machine shared with other developers' jobs; rates are noisy"},
+               "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+               "note": "other jobs on the machine slow both passes; the load averages say how busy it was"},
     )
     print(path)
 
