@@ -72,7 +72,9 @@ def room(rows: list[dict]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="anything mlcwb.models.load_model accepts (results are kept per model)")
+    parser.add_argument("--model-label", help="name to record for --model (default: --model)")
     parser.add_argument("--n-harmful", type=int, default=12)
     parser.add_argument("--n-benign", type=int, default=12)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -89,7 +91,8 @@ def main() -> None:
 
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    results = {r["name"]: r for r in previous.get("candidates", []) if r.get("model") == args.model}
+    results = {(r["model"], r["name"]): r for r in previous.get("candidates", [])}
+    label = args.model_label or args.model
     todo = [c for c in [("raw", None, 0, 0, 0.0), *CANDIDATES] if not args.only or c[0] in args.only]
     for name, align, n, epochs, lr in todo:
         t0 = time.perf_counter()
@@ -103,12 +106,13 @@ def main() -> None:
                 source, steps = str(result.final_dir), result.steps
             train_s = time.perf_counter() - t0
             rows = evaluate(source, prompts, judge, args.max_new_tokens)
-        results[name] = {"name": name, "model": args.model, "align": align, "train_prompts": n,
+        results[(label, name)] = {"name": name, "model": label, "align": align, "train_prompts": n,
                          "epochs": epochs, "lr": lr, "steps": steps,
                          "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - t0, 1),
                          "n_harmful": args.n_harmful, "n_benign": args.n_benign,
                          **room(rows), "per_language": rows}
-        print(json.dumps({k: v for k, v in results[name].items() if k != "per_language"}), flush=True)
+        print(json.dumps({k: v for k, v in results[(label, name)].items() if k != "per_language"}),
+              flush=True)
         atomic_write_json(out, {
             "name": "quick_preset_sweep",
             "what": "English-only alignment candidates for the quick preset: safety (% harmful "

@@ -64,9 +64,10 @@ def _choice_section(preset: Any) -> Section | None:
     if sweep is None:
         return None
     rows = {}
+    several = len({c["model"] for c in sweep["candidates"]}) > 1
     for c in sweep["candidates"]:
         per = {r["lang"]: r for r in c["per_language"]}
-        rows[c["name"]] = {"align": c["align"] or "–", "steps": c["steps"], "lr": c["lr"] or "–",
+        rows[f"{c['model']}: {c['name']}" if several else c["name"]] = {"align": c["align"] or "–", "steps": c["steps"], "lr": c["lr"] or "–",
                            "en safety": per["en"]["safety_rate"],
                            "other langs' safety (mean)": c["others_safety_mean"],
                            "room": c["room"], "en over-refusal": per["en"]["over_refusal"],

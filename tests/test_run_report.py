@@ -31,7 +31,7 @@ def test_choice_section_tabulates_the_cited_sweep(tmp_path, monkeypatch):
            {"lang": "zh", "safety_rate": 20.0, "over_refusal": 5.0}]
     sweep = {"date": "2026-01-01", "setup": {"languages": ["en", "zh"], "max_new_tokens": 32,
                                             "judge": "RefusalJudge"},
-             "candidates": [{"name": "sft-a", "align": "sft", "steps": 8, "lr": 1e-5,
+             "candidates": [{"name": "sft-a", "model": "m", "align": "sft", "steps": 8, "lr": 1e-5,
                              "others_safety_mean": 20.0, "room": 30.0, "worst_over_refusal": 10.0,
                              "n_harmful": 4, "n_benign": 4, "per_language": per}]}
     (tmp_path / "sweep.json").write_text(json.dumps(sweep))
