@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="anything mlcwb.models.load_model accepts (results are kept per model)")
     parser.add_argument("--model-label", help="name to record for --model (default: --model)")
+    parser.add_argument("--model-note", help="how the model was obtained, recorded beside its label")
     parser.add_argument("--n-harmful", type=int, default=12)
     parser.add_argument("--n-benign", type=int, default=12)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -93,6 +94,7 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     results = {(r["model"], r["name"]): r for r in previous.get("candidates", [])}
     label = args.model_label or args.model
+    models = {**previous.get("models", {}), **({label: args.model_note} if args.model_note else {})}
     todo = [c for c in [("raw", None, 0, 0, 0.0), *CANDIDATES] if not args.only or c[0] in args.only]
     for name, align, n, epochs, lr in todo:
         t0 = time.perf_counter()
@@ -119,7 +121,7 @@ def main() -> None:
                     "refused) and over-refusal (% benign refused) per language",
             "setup": {"languages": LANGS, "max_new_tokens": args.max_new_tokens, "batch_size": 2, "seed": 0,
                       "judge": "RefusalJudge", "split": "test"},
-            "machine": machine_info(), "date": time.strftime("%Y-%m-%d"),
+            "models": models, "machine": machine_info(), "date": time.strftime("%Y-%m-%d"),
             "candidates": list(results.values())})
 
 

@@ -77,11 +77,12 @@ PRESETS: dict[str, Preset] = {
             "05_safety_comparison": {"max_new_tokens": 32},
         },
         sweep="benchmarks/results/quick_preset_sweep.json",
-        notes="Alignment sizes chosen by a sweep of ten English-only SFT/DPO settings (table below): "
-              "sft-144x1-5e-5 left the most room of those that fit the 30-minute budget (English "
-              "safety 94% vs 75% on average elsewhere). No setting made SmolLM2-135M tell harmful "
-              "from benign prompts: every one that raised English safety raised over-refusal about "
-              "as much, so this preset demonstrates the pipeline, not a safety transfer.",
+        notes="Alignment sizes chosen by a sweep of English-only SFT/DPO settings (table below: ten "
+              "on SmolLM2-135M, two on Gemma 3 270M): sft-144x1-5e-5 left the most room of those that "
+              "fit the 30-minute budget on the bundled model (English safety 94% vs 75% on average "
+              "elsewhere). No setting made either model tell harmful from benign prompts: every one "
+              "that raised English safety raised over-refusal about as much, so this preset "
+              "demonstrates the pipeline, not a safety transfer.",
     ),
     "cpu-full": Preset(
         name="cpu-full",

@@ -43,14 +43,16 @@ def _config_section(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -
              "parameters": json.dumps({k: v for k, v in s.get("parameters", {}).items()
                                        if k != "run_dir"}, ensure_ascii=False)}
             for stem, s in stages.items()]
-    total = sum(float(s.get("seconds") or 0) for s in stages.values() if not s.get("skipped"))
+    total = sum(float(s.get("seconds") or 0) for s in stages.values())
+    now = sum(float(s.get("seconds") or 0) for s in stages.values() if not s.get("skipped"))
     return Section(
         "Configuration and timing",
         [f"Preset **{preset.name}**: {preset.description}.",
          f"Model `{preset.model}`, languages {preset.common.get('languages')}.",
          f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}, "
          f"torch {machine['torch']}, transformers {machine['transformers']}.",
-         f"Wall time of the stages run this time: {total / 60:.1f} min."]
+         f"Wall time of the stages, as recorded when each ran: {total / 60:.1f} min "
+         f"({now / 60:.1f} min of it in this invocation; skipped stages were up to date)."]
         + ([preset.notes] if preset.notes else []),
         [("Stages", pd.DataFrame(rows).set_index("stage"))] if rows else [])
 
@@ -81,7 +83,8 @@ def _choice_section(preset: Any) -> Section | None:
          f"({setup['max_new_tokens']} new tokens, {setup['judge']}); `room` is English safety minus "
          f"the other languages' mean. The experiment means something only where room is large and "
          f"benign prompts are still answered. Measured by `benchmarks/{Path(preset.sweep).stem}.py` "
-         f"on {sweep['date']}; results in `{preset.sweep}`."],
+         f"on {sweep['date']}; results in `{preset.sweep}`."]
+        + [f"`{label}`: {note}." for label, note in sweep.get("models", {}).items()],
         [("Candidates (rates in %)", pd.DataFrame(rows).T)])
 
 
