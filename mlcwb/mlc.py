@@ -252,14 +252,6 @@ def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> 
     return buckets
 
 
-def computed_positions(attention_mask: Tensor, bucketed: bool) -> int:
-    """Positions a prompt-only forward computes (real tokens + padding) with or without buckets."""
-    lengths = attention_mask.sum(-1).tolist()
-    if not bucketed:
-        return attention_mask.numel()
-    return sum(len(rows) * max(lengths[i] for i in rows) for rows in length_buckets(lengths))
-
-
 def shared_prefix(input_ids: Tensor, attention_mask: Tensor, content_mask: Tensor | None = None) -> int:
     """Leading positions identical in every row (the chat template's system prompt and user
     header): computed once, their keys and values serve every row. Stops before any row's last
@@ -353,8 +345,8 @@ def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tens
 
 
 __all__ = [
-    "BATCHINGS", "BUCKETINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS", "backbone",
-    "full_precision",
-    "computed_positions", "language_weights", "length_buckets", "mlc_floor", "shared_prefix", "mlc_loss", "mlc_objective", "pairwise_cosine_loss",
-    "position_ids", "prompt_states",
+    "BATCHINGS", "BUCKETINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS",
+    "backbone", "computed_positions", "full_precision", "language_weights", "length_buckets",
+    "mlc_floor", "mlc_loss", "mlc_objective", "pairwise_cosine_loss", "position_ids",
+    "prompt_states", "shared_prefix",
 ]

@@ -69,12 +69,12 @@ def _choice_section(preset: Any) -> Section | None:
     several = len({c["model"] for c in sweep["candidates"]}) > 1
     for c in sweep["candidates"]:
         per = {r["lang"]: r for r in c["per_language"]}
-        rows[f"{c['model']}: {c['name']}" if several else c["name"]] = {"align": c["align"] or "–", "steps": c["steps"], "lr": c["lr"] or "–",
-                           "en safety": per["en"]["safety_rate"],
-                           "other langs' safety (mean)": c["others_safety_mean"],
-                           "room": c["room"], "en over-refusal": per["en"]["over_refusal"],
-                           "worst over-refusal": c["worst_over_refusal"],
-                           "prompts (harmful+benign)": f"{c['n_harmful']}+{c['n_benign']}"}
+        rows[f"{c['model']}: {c['name']}" if several else c["name"]] = {
+            "align": c["align"] or "–", "steps": c["steps"], "lr": c["lr"] or "–",
+            "en safety": per["en"]["safety_rate"], "other langs' safety (mean)": c["others_safety_mean"],
+            "room": c["room"], "en over-refusal": per["en"]["over_refusal"],
+            "worst over-refusal": c["worst_over_refusal"],
+            "prompts (harmful+benign)": f"{c['n_harmful']}+{c['n_benign']}"}
     setup = sweep["setup"]
     return Section(
         "How the preset's sizes were chosen",
