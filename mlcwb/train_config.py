@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -81,18 +85,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Build and validate a config from a mapping such as parsed YAML.
+
+        Every value is converted to its field's declared type first, because YAML 1.1 reads
+        ``6e-7`` as a string and ``no`` as ``False``: a wrong type must be a ConfigError naming
+        the key, never a TypeError from deep inside ``validate`` or training.
+        """
         if not isinstance(raw, dict):
             raise ConfigError(f"A training config is a mapping of keys to values, got {type(raw).__name__}")
-        values = dict(raw)
-        _check_keys(values, cls, "")
-        if isinstance(values.get("mlc"), dict):
-            _check_keys(values["mlc"], MLCConfig, "mlc.")
-            values["mlc"] = MLCConfig(**values["mlc"])
-        if isinstance(values.get("lora"), dict):
-            _check_keys(values["lora"], LoraSettings, "lora.")
-            values["lora"] = LoraSettings(**values["lora"])
-        return cls(**values).validate()
-
+        return cls(**_coerce_fields(raw, cls, "")).validate()
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
@@ -114,7 +115,8 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes).validate()
+        """A copy with ``changes`` applied, converted and checked like ``from_dict`` values."""
+        return dataclasses.replace(self, **_coerce_fields(changes, type(self), "")).validate()
 
     @property
     def uses_mlc(self) -> bool:
@@ -166,6 +168,189 @@ def _check_keys(values: dict[str, Any], cls: type, prefix: str) -> None:
             hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
             raise ConfigError(f"Unknown config key {prefix}{key!r}.{hint} Known keys: "
                               f"{', '.join(prefix + k for k in known)}")
+
+
+# ------------------------------------------------------------------ type conversion
+
+_TRUE = {"true", "yes", "on"}
+_FALSE = {"false", "no", "off"}
+
+
+def _coerce_fields(values: dict[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    """``values`` with unknown keys rejected and each value converted to ``cls``'s field type."""
+    _check_keys(values, cls, prefix)
+    hints = typing.get_type_hints(cls)
+    return {key: _coerce(value, hints[key], f"{prefix}{key}") for key, value in values.items()}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint``, or a ConfigError "key: value is not a <type>"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, args, hint, key)
+    if dataclasses.is_dataclass(hint):
+        return _coerce_dataclass(value, hint, key)
+    if origin is list:
+        return _coerce_list(value, args[0] if args else Any, hint, key)
+    if origin is dict:
+        return _coerce_dict(value, args or (Any, Any), hint, key)
+    scalar = _SCALARS.get(hint)
+    if scalar is None:
+        raise TypeError(f"{key}: no conversion to {hint!r}")  # a field type this module lacks
+    return scalar(value, key)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], hint: Any, key: str) -> Any:
+    """``None`` for an optional field, else the member type ``value`` already has (whose own
+    errors, such as an unknown ``mlc.`` key, are the useful ones), else the first member that can
+    convert it (so ``"3"`` for ``int | None`` becomes 3)."""
+    if value is None and type(None) in args:
+        return None
+    members = [a for a in args if a is not type(None)]
+    if len(members) == 1:
+        return _coerce(value, members[0], key)
+    for member in members:
+        if _is_exact(value, member):
+            return _coerce(value, member, key)
+    for member in members:
+        try:
+            return _coerce(value, member, key)
+        except ConfigError:
+            continue
+    _fail(value, hint, key)
+
+
+def _is_exact(value: Any, hint: Any) -> bool:
+    """Whether ``value`` already has the shape of ``hint`` (without converting anything)."""
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return isinstance(value, float)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(origin, type) and isinstance(value, origin)
+
+
+def _coerce_dataclass(value: Any, cls: type, key: str) -> Any:
+    """A nested section (``mlc:``, ``lora:``) given as a mapping or as the dataclass itself."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        _fail(value, cls, key)
+    return cls(**_coerce_fields(value, cls, f"{key}."))
+
+
+def _coerce_list(value: Any, item: Any, hint: Any, key: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        _fail(value, hint, key)
+    return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_dict(value: Any, args: tuple[Any, ...], hint: Any, key: str) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        _fail(value, hint, key)
+    key_type, value_type = args
+    return {_coerce(k, key_type, f"{key} key"): _coerce(v, value_type, f"{key}[{k!r}]")
+            for k, v in value.items()}
+
+
+def _to_int(value: Any, key: str) -> int:
+    """An int, a whole float (2.0) or a string of one ("3", "1e3"); bools are not numbers here."""
+    if isinstance(value, bool):
+        _fail(value, int, key)
+    if isinstance(value, int):
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            return int(value.strip().replace("_", ""))
+        except ValueError:
+            number = _parse_float(value)
+    if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+        return int(number)
+    _fail(value, int, key)
+
+
+def _to_float(value: Any, key: str) -> float:
+    """A finite int, float or numeric string ("2e-5", which YAML 1.1 leaves a string)."""
+    if isinstance(value, bool):
+        _fail(value, float, key)
+    number = _parse_float(value) if isinstance(value, str) else value
+    if not isinstance(number, (int, float)):
+        _fail(value, float, key)
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    return float(number)
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        return float(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    """A bool or a quoted ``"true"``/``"false"`` (also yes/no/on/off); never a number."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    _fail(value, bool, key)
+
+
+def _to_str(value: Any, key: str) -> str:
+    """Strings only: a number or bool here is almost always YAML reading a bare word (``no``,
+    the Norwegian code, becomes ``False``), so the message says to quote it. Paths are text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    _fail(value, str, key)
+
+
+_SCALARS = {int: _to_int, float: _to_float, bool: _to_bool, str: _to_str}
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` in words for messages: ``int``, ``str or list of str``, ``float or null``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0]) if args else 'values'}"
+    if origin is dict:
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "mapping"
+    if dataclasses.is_dataclass(hint):
+        return f"mapping of {hint.__name__} keys"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _fail(value: Any, hint: Any, key: str) -> typing.NoReturn:
+    name = _type_name(hint)
+    article = "an" if name[0] in "aeiou" else "a"
+    raise ConfigError(f"{key}: {value!r} is not {article} {name}{_quote_hint(value, hint)}")
+
+
+def _quote_hint(value: Any, hint: Any) -> str:
+    """Text fields given a bool or number are almost always YAML reading a bare word: ``no`` (the
+    Norwegian code) becomes ``False``; say so, since the file shows no sign of it."""
+    if str not in _flatten(hint):
+        return ""
+    if isinstance(value, bool):
+        return " (YAML reads unquoted yes/no/on/off as booleans: quote the value, e.g. 'no')"
+    if isinstance(value, (int, float)):
+        return " (quote the value if it is meant as text)"
+    return ""
+
+
+def _flatten(hint: Any) -> set[Any]:
+    """Every scalar type mentioned in ``hint``."""
+    args = typing.get_args(hint)
+    return set().union(*(_flatten(a) for a in args)) if args else {hint}
 
 
 __all__ = ["ALIGNS", "LoraSettings", "REFUSAL", "SCHEDULES", "TrainConfig"]
