@@ -2,8 +2,11 @@
 
 Every notebook is executed with papermill into the run directory, so a run leaves executed
 notebooks a person can open, and the run directory carries the work from one notebook to the
-next. A stage whose executed notebook is already there with the same parameters is skipped, so a
-crashed run restarts where it stopped. The run ends with ``report.md`` and ``report.html``.
+next. A stage is skipped when its executed notebook is there and its key matches: the key covers
+the notebook, its parameters, the key of the stage before it and mlcwb's own version and source,
+so a crashed run restarts where it stopped, and a change anywhere reruns that stage and every
+stage after it (a later stage reads what an earlier one wrote). The run ends with ``report.md``
+and ``report.html``.
 """
 
 from __future__ import annotations
@@ -177,15 +180,70 @@ def preflight(preset: Preset) -> None:
         ) from None
 
 
-def _stamp_key(notebook: Path, params: dict[str, Any]) -> str:
-    digest = hashlib.sha256(notebook.read_bytes())
-    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+def library_fingerprint() -> str:
+    """A hash of mlcwb's version and every ``.py`` file under ``mlcwb/`` (sorted by path).
+
+    A change to the library can change what any stage computes, so it is part of every key.
+    """
+    import mlcwb
+
+    package = Path(mlcwb.__file__).resolve().parent
+    digest = hashlib.sha256(f"version={getattr(mlcwb, '__version__', '')}\n".encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:16]
+
+
+def _stage_inputs(notebook: Path, params: dict[str, Any], upstream: str,
+                  library: str) -> dict[str, str]:
+    """What a stage's result depends on, each as a short hash (kept in the stamp to say why a
+    stage reruns)."""
+    return {
+        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest()[:16],
+        "parameters": hashlib.sha256(json.dumps(params, sort_keys=True, default=str)
+                                     .encode()).hexdigest()[:16],
+        "upstream": upstream,
+        "library": library,
+    }
+
+
+def _stamp_key(notebook: Path, params: dict[str, Any], upstream: str = "",
+               library: str = "") -> str:
+    """The stage's key: its notebook, its parameters, the previous stage's key (``""`` for the
+    first) and the library fingerprint; equal keys mean the executed notebook is still valid."""
+    return _inputs_key(_stage_inputs(notebook, params, upstream, library))
+
+
+def _inputs_key(inputs: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _why_stale(stamp: dict[str, Any], inputs: dict[str, str], executed: Path) -> str:
+    """Words for the log: which input of a stage changed since its stamp was written."""
+    if not stamp or not executed.is_file():
+        return "not run yet"
+    old = stamp.get("inputs") or {}
+    changed = [name for name, value in inputs.items() if old.get(name) != value]
+    return f"{', '.join(changed)} changed" if old and changed else "stamp from an older mlcwb"
+
+
+def _read_stamp(path: Path) -> dict[str, Any]:
+    """A stage's stamp, or ``{}`` when it is missing or unreadable (the stage then reruns)."""
+    try:
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
 def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = False,
               config: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Run the series into ``out``; returns per stage its seconds and whether it was skipped."""
+    """Run the series into ``out``; returns per stage its seconds and whether it was skipped.
+
+    Once a stage runs, every later stage runs too, even where its key matches: it may have read
+    what the earlier stage wrote before (an interrupted rerun, a deleted executed notebook).
+    """
     preset = preset if isinstance(preset, Preset) else load_preset(preset, config)
     out = make_run_dir(out).resolve()
     preflight(preset)
@@ -193,19 +251,24 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
                                             "common": preset.common, "notebooks": preset.notebooks})
     stages: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
+    library, upstream, rerun_rest = library_fingerprint(), "", force
     for notebook in notebook_paths():
         params = stage_parameters(preset, notebook, out)
         executed = out / "notebooks" / notebook.name
         stamp_path = out / "stages" / f"{notebook.stem}.json"
-        key = _stamp_key(notebook, params)
-        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-        if not force and executed.is_file() and stamp.get("key") == key:
+        inputs = _stage_inputs(notebook, params, upstream, library)
+        key = upstream = _inputs_key(inputs)
+        stamp = _read_stamp(stamp_path)
+        if not rerun_rest and executed.is_file() and stamp.get("key") == key:
             log.info("[%6.0f s] %s: up to date, skipped", time.perf_counter() - start, notebook.stem)
             stages[notebook.stem] = {**stamp, "skipped": True}
             continue
-        log.info("[%6.0f s] %s: running", time.perf_counter() - start, notebook.stem)
+        reason = "forced" if force else ("an earlier stage ran" if rerun_rest
+                                         else _why_stale(stamp, inputs, executed))
+        log.info("[%6.0f s] %s: running (%s)", time.perf_counter() - start, notebook.stem, reason)
+        rerun_rest = True
         seconds = execute_notebook(notebook, executed, params)
-        stamp = {"key": key, "seconds": round(seconds, 1), "parameters": params}
+        stamp = {"key": key, "inputs": inputs, "seconds": round(seconds, 1), "parameters": params}
         atomic_write_json(stamp_path, stamp)
         stages[notebook.stem] = {**stamp, "skipped": False}
         log.info("[%6.0f s] %s: done in %.0f s", time.perf_counter() - start, notebook.stem, seconds)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nbformat
 import pytest
 
+import mlcwb.reproduce as reproduce_module
+import mlcwb.run_report
 from mlcwb.errors import ConfigError, ModelFetchError
 from mlcwb.notebooks import notebook_paths
-from mlcwb.reproduce import PRESETS, Preset, load_preset, preflight, reproduce, stage_parameters
+from mlcwb.reproduce import (PRESETS, Preset, library_fingerprint, load_preset, preflight, reproduce,
+                             stage_parameters)
 
 
 def test_every_preset_names_only_parameters_the_notebooks_declare(tmp_path):
@@ -40,6 +45,109 @@ def test_paper_preset_fails_with_a_message_about_the_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelFetchError, match="huggingface-cli download Qwen/Qwen2.5-7B-Instruct"):
         preflight(PRESETS["paper"])
+
+
+# ------------------------------------------------------------------ stage keys (no real notebooks)
+
+STAGES = ["00_a", "01_b", "02_c"]
+
+
+def _write_notebook(path: Path, parameters: str, code: str = "pass") -> Path:
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def fake_series(tmp_path, monkeypatch):
+    """Three tiny notebooks and an execute_notebook that only records the stage and writes the
+    output file, so skipping and rerunning are tested in milliseconds."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    paths = [_write_notebook(folder / f"{stem}.ipynb", "run_dir = ''\nx = 0") for stem in STAGES]
+    ran: list[str] = []
+
+    def fake_execute(source, output, parameters=None, **kwargs):
+        ran.append(source.stem)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(source.read_text())
+        return 0.0
+
+    monkeypatch.setattr(reproduce_module, "notebook_paths", lambda: paths)
+    monkeypatch.setattr(reproduce_module, "execute_notebook", fake_execute)
+    monkeypatch.setattr(reproduce_module, "preflight", lambda preset: None)
+    monkeypatch.setattr(mlcwb.run_report, "write_report", lambda *args: [])
+    return ran
+
+
+def _preset(x_of_b: int = 1) -> Preset:
+    return Preset("fake", "three stages", {"model_name": "tiny-random-llama"},
+                  {"00_a": {"x": 0}, "01_b": {"x": x_of_b}, "02_c": {"x": 2}})
+
+
+def test_nothing_changed_means_every_stage_is_skipped(fake_series, tmp_path):
+    first = reproduce(tmp_path / "run", _preset())
+    assert fake_series == STAGES and not any(s["skipped"] for s in first.values())
+    fake_series.clear()
+    again = reproduce(tmp_path / "run", _preset())
+    assert fake_series == [] and all(s["skipped"] for s in again.values())
+
+
+def test_changed_parameters_rerun_that_stage_and_every_later_one(fake_series, tmp_path):
+    reproduce(tmp_path / "run", _preset(x_of_b=1))
+    fake_series.clear()
+    stages = reproduce(tmp_path / "run", _preset(x_of_b=5))
+    assert fake_series == ["01_b", "02_c"]
+    assert [s["skipped"] for s in stages.values()] == [True, False, False]
+    stamp = json.loads((tmp_path / "run" / "stages" / "01_b.json").read_text())
+    assert stamp["parameters"]["x"] == 5 and set(stamp["inputs"]) >= {"notebook", "upstream", "library"}
+
+
+def test_keys_chain_through_an_interrupted_rerun(fake_series, tmp_path, monkeypatch):
+    """01_b reran with new parameters but 02_c never ran (a crash): 02_c is still stale next time."""
+    reproduce(tmp_path / "run", _preset(x_of_b=1))
+    real_fake = reproduce_module.execute_notebook
+
+    def crash_on_c(source, output, parameters=None, **kwargs):
+        if source.stem == "02_c":
+            raise KeyboardInterrupt
+        return real_fake(source, output, parameters, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "execute_notebook", crash_on_c)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(tmp_path / "run", _preset(x_of_b=5))
+    monkeypatch.setattr(reproduce_module, "execute_notebook", real_fake)
+    fake_series.clear()
+    reproduce(tmp_path / "run", _preset(x_of_b=5))
+    assert fake_series == ["02_c"]
+
+
+def test_a_deleted_executed_notebook_reruns_it_and_everything_after(fake_series, tmp_path):
+    reproduce(tmp_path / "run", _preset())
+    (tmp_path / "run" / "notebooks" / "01_b.ipynb").unlink()
+    fake_series.clear()
+    reproduce(tmp_path / "run", _preset())
+    assert fake_series == ["01_b", "02_c"]
+
+
+def test_a_changed_library_reruns_every_stage(fake_series, tmp_path, monkeypatch):
+    reproduce(tmp_path / "run", _preset())
+    fake_series.clear()
+    monkeypatch.setattr(reproduce_module, "library_fingerprint", lambda: "another-mlcwb")
+    stages = reproduce(tmp_path / "run", _preset())
+    assert fake_series == STAGES and not any(s["skipped"] for s in stages.values())
+
+
+def test_library_fingerprint_follows_the_version_and_the_source(monkeypatch):
+    import mlcwb
+
+    before = library_fingerprint()
+    assert before == library_fingerprint()
+    monkeypatch.setattr(mlcwb, "__version__", "99.0", raising=False)
+    assert library_fingerprint() != before
 
 
 @pytest.mark.slow
