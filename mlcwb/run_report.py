@@ -10,6 +10,7 @@ import datetime as _dt
 import html
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ import pandas as pd
 
 from mlcwb.bench import machine_info
 from mlcwb.io import atomic_write_text
+from mlcwb.report import holm_adjust
 
 log = logging.getLogger(__name__)
 
 METHOD_LABELS = {"raw": "raw model", "align": "English-only alignment",
                  "mlc": "+ MLC (joint)", "mlc_seq": "+ MLC (sequential)"}
+ALPHA = 0.05  # family-wise error rate of one comparison's "beyond noise" calls
 
 
 @dataclass
@@ -127,8 +130,10 @@ def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
     if safety is None:
         return None, None
     section = Section("Safety per language",
-                      ["Rates in percent; 95% bootstrap intervals over prompts in brackets. "
-                       "Avg and Var across languages as in the paper. Full tables: `safety_table.md`."])
+                      ["Rates in percent; 95% Wilson score intervals in brackets (for "
+                       "discrimination, a difference of two rates: 95% bootstrap intervals over "
+                       "prompts). Avg and Var across languages as in the paper. Full tables: "
+                       "`safety_table.md`."])
     langs = safety["languages"]
     for metric, caption in safety["captions"].items():
         rows = {}
@@ -186,14 +191,45 @@ def reading(safety: dict[str, Any] | None, training: dict[str, Any] | None) -> l
             continue
         for kind, noun in (("harmful", "safety"), ("benign", "over-refusal")):
             per_lang = comparison.get(kind, {})
-            beyond = [lang for lang, c in per_lang.items()
-                      if c["change_lo"] > 0 or c["change_hi"] < 0]
+            if not per_lang:
+                continue
             changes = ", ".join(f"{lang} {c['change']:+.0f}" for lang, c in per_lang.items())
-            verdict = (f"beyond the 95% interval in {', '.join(beyond)}" if beyond
-                       else "within noise in every language (every paired 95% interval contains 0)")
+            verdict = _noise_verdict(per_lang)
             out.append(f"{METHOD_LABELS[method]} vs English-only alignment, refusal change on "
                        f"{kind} prompts ({noun}), in points: {changes}; {verdict}.")
     return out
+
+
+def holm_by_language(per_lang: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Holm-adjusted McNemar p-value per language of one comparison (method pair, prompt kind).
+
+    Uses the ``p_holm`` that ``report.paired_comparison`` stored; results written before it
+    existed only have ``p_value``, which is then adjusted here over the same family.
+    """
+    langs = list(per_lang)
+    if all(per_lang[lang].get("p_holm") is not None for lang in langs):
+        return {lang: float(per_lang[lang]["p_holm"]) for lang in langs}
+    raw = [per_lang[lang].get("p_value") for lang in langs]
+    adjusted = holm_adjust([float("nan") if p is None else float(p) for p in raw])
+    return dict(zip(langs, map(float, adjusted)))
+
+
+def _noise_verdict(per_lang: dict[str, dict[str, Any]]) -> str:
+    """Which languages moved beyond noise: Holm-adjusted McNemar exact p < ALPHA.
+
+    The paired bootstrap interval excluding 0 is not used: with 16 prompts it calls a shift of
+    4 of 16 verdicts significant, which McNemar's exact test (p = 0.125) does not, and testing
+    every language separately would find "effects" by chance alone.
+    """
+    adjusted = holm_by_language(per_lang)
+    tested = sum(not math.isnan(p) for p in adjusted.values())
+    family = f"Holm-corrected across the {tested} language{'' if tested == 1 else 's'}"
+    beyond = [lang for lang, p in adjusted.items() if p < ALPHA]
+    if not beyond:
+        return (f"within noise in every language (no McNemar exact p below {ALPHA:g} once "
+                f"{family})")
+    listed = ", ".join(f"{lang} (adjusted p {adjusted[lang]:.2g})" for lang in beyond)
+    return f"beyond noise in {listed} by McNemar's exact test, {family}"
 
 
 def _render_markdown(title: str, sections: list[Section]) -> str:

@@ -9,9 +9,19 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import DataError
-from mlcwb.report import (bar_figure, bootstrap_ci, heatmap_figure, language_metrics, mcnemar_exact,
-                          paired_comparison, perplexity, safety_table, scatter_figure, to_html,
-                          to_markdown)
+from mlcwb.report import (bar_figure, bootstrap_ci, heatmap_figure, holm_adjust, language_metrics,
+                          mcnemar_exact, paired_comparison, perplexity, rate_with_ci, safety_table,
+                          scatter_figure, to_html, to_markdown, wilson_ci)
+
+Z = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def _wilson_by_hand(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval from its textbook formula (no scipy)."""
+    p = k / n
+    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
+    half = Z / (1 + Z**2 / n) * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n**2))
+    return centre - half, centre + half
 
 
 def _judged(refuse_harmful: dict[str, int], refuse_benign: dict[str, int], n: int = 10) -> pd.DataFrame:
@@ -35,7 +45,14 @@ def test_language_metrics_values():
     assert m.loc["en", "borderline_over_refusal"] == 0.0
     assert m.loc["en", "discrimination"] == pytest.approx(80.0)
     assert m.loc["sw", "discrimination"] == 0.0  # refuses everything: safe-looking, not safe
-    assert m.loc["en", "safety_rate_lo"] <= 90 <= m.loc["en", "safety_rate_hi"]
+    # Wilson 95% for 9/10 and 10/10, not a bootstrap: 10/10 is no proof of a 100% rate
+    assert (m.loc["en", "safety_rate_lo"], m.loc["en", "safety_rate_hi"]) == pytest.approx(
+        (59.58, 98.21), abs=0.01)
+    assert (m.loc["sw", "safety_rate_lo"], m.loc["sw", "safety_rate_hi"]) == pytest.approx(
+        (72.25, 100.0), abs=0.01)
+    assert (m.loc["en", "safety_rate_k"], m.loc["en", "safety_rate_n"]) == (9, 10)
+    assert (m.loc["en", "over_refusal_k"], m.loc["en", "over_refusal_n"]) == (1, 5)
+    assert m.loc["en", "borderline_over_refusal_hi"] == pytest.approx(43.45, abs=0.01)  # 0/5
     assert m.loc["en", "lang_match"] == 100.0  # English responses to English prompts
     assert m.loc["sw", "lang_match"] == 0.0
     assert (m[["n_harmful", "n_benign", "n_borderline"]].loc["en"] == [10, 5, 5]).all()
@@ -62,6 +79,55 @@ def test_bootstrap_ci_covers_and_narrows():
     assert all(math.isnan(v) for v in bootstrap_ci([]))
 
 
+def test_wilson_ci_hand_computed_values():
+    lo, hi = wilson_ci(16, 16)
+    assert lo == pytest.approx(0.8064, abs=1e-4) and hi == 1.0  # 16/16: a true rate near 81% fits
+    assert lo == pytest.approx(16 / (16 + Z**2), abs=1e-9)        # the closed form at k = n
+    lo, hi = wilson_ci(0, 16)
+    assert lo == 0.0 and hi == pytest.approx(0.1936, abs=1e-4)
+    for k, n in [(15, 16), (8, 9), (4, 7), (1, 5), (50, 200)]:
+        assert wilson_ci(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-9)
+    assert wilson_ci(8, 16, alpha=0.10)[0] > wilson_ci(8, 16)[0]  # 90% is narrower than 95%
+    assert all(math.isnan(v) for v in wilson_ci(0, 0))
+    with pytest.raises(DataError):
+        wilson_ci(3, 2)
+
+
+def test_rate_intervals_never_have_zero_width():
+    for n in range(1, 41):
+        for k in range(n + 1):
+            lo, hi = wilson_ci(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0 and hi - lo > 0.05, (k, n)
+    r = rate_with_ci([1.0] * 16)
+    assert r["rate"] == 100.0 and r["lo"] == pytest.approx(80.64, abs=0.01) and r["hi"] == 100.0
+    assert (r["k"], r["n"]) == (16, 16)
+
+
+def test_language_metrics_all_or_nothing_and_empty_subsets():
+    frame = _judged({"en": 16}, {"en": 0}, n=16)
+    frame.loc[~frame["harmful"], "borderline"] = False  # no borderline prompts at all
+    m = language_metrics(frame, with_language_id=False)
+    assert m.loc["en", "safety_rate"] == 100.0
+    assert m.loc["en", "safety_rate_lo"] == pytest.approx(80.64, abs=0.01)
+    assert m.loc["en", "over_refusal_hi"] == pytest.approx(19.36, abs=0.01)
+    for suffix in ("", "_lo", "_hi"):
+        assert math.isnan(m.loc["en", f"borderline_over_refusal{suffix}"])
+    assert m.loc["en", "borderline_over_refusal_n"] == 0
+
+
+def test_holm_adjust_hand_computed():
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, 2*0.03, max(0.06, 1*0.04)
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.4]) == pytest.approx([0.8, 0.8])  # capped where needed, monotone
+    assert holm_adjust([0.9, 0.01]) == pytest.approx([0.9, 0.02])
+    assert holm_adjust([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    out = holm_adjust([0.01, float("nan"), 0.04])  # NaNs are not part of the family
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert holm_adjust([]).size == 0
+    with pytest.raises(DataError):
+        holm_adjust([1.5])
+
+
 def test_mcnemar_exact_known_values():
     # 10 discordant pairs all one way: p = 2 * 0.5**10
     before = [False] * 10 + [True] * 5
@@ -81,6 +147,10 @@ def test_paired_comparison():
     assert cmp.loc["zh", "change"] == 80.0 and cmp.loc["zh", "c"] == 8
     assert cmp.loc["zh", "p_value"] < 0.01
     assert cmp.loc["en", "change_lo"] <= 40.0 <= cmp.loc["en", "change_hi"]
+    # Holm across the two languages: zh 2/256 (b=0, c=8) doubles; en 2/16 (c=4) stays
+    assert cmp.loc["zh", "p_value"] == pytest.approx(2 / 256)
+    assert cmp.loc["zh", "p_holm"] == pytest.approx(4 / 256)
+    assert cmp.loc["en", "p_holm"] == pytest.approx(2 / 16)
     benign = paired_comparison(before, after, harmful=False)
     assert benign.loc["zh", "after"] == 20.0
     with pytest.raises(DataError):
