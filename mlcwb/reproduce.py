@@ -12,6 +12,7 @@ and ``report.html``.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ class Preset:
     notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
     sweep: str | None = None  # repo-relative JSON of the measurement that chose the sizes
+    cell_timeout: float | None = None  # seconds per notebook cell; None: no limit
 
     @property
     def model(self) -> str:
@@ -116,23 +118,51 @@ PRESETS: dict[str, Preset] = {
 
 
 def declared_parameters(notebook: Path) -> set[str]:
+    return set(_parameter_defaults(notebook))
+
+
+def _parameter_defaults(notebook: Path) -> dict[str, Any]:
+    """Each parameter the notebook declares, with its default value where it is a literal."""
     import papermill as pm
 
-    return set(pm.inspect_notebook(str(notebook)))
+    defaults: dict[str, Any] = {}
+    for name, info in pm.inspect_notebook(str(notebook)).items():
+        try:
+            defaults[name] = ast.literal_eval(info.get("default") or "None")
+        except (ValueError, SyntaxError):
+            defaults[name] = None
+    return defaults
 
 
 def stage_parameters(preset: Preset, notebook: Path, run_dir: Path) -> dict[str, Any]:
     """The parameters one notebook gets; a preset naming a parameter it lacks is an error."""
-    declared = declared_parameters(notebook)
+    defaults = _parameter_defaults(notebook)
     own = preset.notebooks.get(notebook.stem, {})
-    unknown = sorted(set(own) - declared)
+    unknown = sorted(set(own) - set(defaults))
     if unknown:
         raise ConfigError(f"Preset {preset.name!r} sets {unknown} for {notebook.name}, which declares "
-                          f"only {sorted(declared)}.")
-    params = {k: v for k, v in preset.common.items() if k in declared}
+                          f"only {sorted(defaults)}.")
+    params = {k: v for k, v in preset.common.items() if k in defaults}
     params.update(own)
+    params = {k: _as_number_like(v, defaults[k], f"{notebook.stem}.{k}") for k, v in params.items()}
     params["run_dir"] = str(run_dir)
     return params
+
+
+def _as_number_like(value: Any, default: Any, key: str) -> Any:
+    """A string given for a parameter whose default is a number, as that number.
+
+    YAML 1.1 reads ``lr: 6e-7`` in a ``--config`` file as the string "6e-7"; passed on as is,
+    the notebook would fail deep in training instead of here with the parameter's name.
+    """
+    if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, (int, float)):
+        return value
+    for parse in (int, float):
+        try:
+            return parse(value.strip())
+        except ValueError:
+            continue
+    raise ConfigError(f"{key}: {value!r} is not a number (the notebook's default is {default!r}).")
 
 
 def load_preset(name: str, config: str | Path | None = None) -> Preset:
@@ -145,16 +175,40 @@ def load_preset(name: str, config: str | Path | None = None) -> Preset:
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    extra = sorted(set(raw) - {"common", "notebooks", "description"})
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k) or {}, dict)
+                                            for k in ("common", "notebooks")):
+        raise ConfigError(f"{path}: a preset config is a mapping with common: and notebooks: "
+                          "mappings.")
+    extra = sorted(set(raw) - set(_CONFIG_KEYS))
     if extra:
-        raise ConfigError(f"{path}: unknown keys {extra}; allowed: common, notebooks, description.")
+        raise ConfigError(f"{path}: unknown keys {extra}; allowed: {', '.join(_CONFIG_KEYS)}.")
     notebooks = {k: dict(v) for k, v in preset.notebooks.items()}
     for stem, values in (raw.get("notebooks") or {}).items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: notebooks.{stem} must be a mapping of parameters, "
+                              f"got {values!r}.")
         notebooks.setdefault(stem, {}).update(values)
     return Preset(name=f"{name}+{path.stem}", description=raw.get("description", preset.description),
                   common={**preset.common, **(raw.get("common") or {})}, notebooks=notebooks,
-                  notes=preset.notes, sweep=preset.sweep)
+                  notes=preset.notes, sweep=preset.sweep,
+                  cell_timeout=_timeout(raw.get("cell_timeout", preset.cell_timeout), path))
+
+
+_CONFIG_KEYS = ("common", "notebooks", "description", "cell_timeout")
+
+
+def _timeout(value: Any, path: Path) -> float | None:
+    """A per-cell timeout in seconds from a config file: a positive number, or null for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{path}: cell_timeout: {value!r} is not a positive number of seconds "
+                          "(or null for no limit).")
+    return float(value)
 
 
 def preflight(preset: Preset) -> None:
@@ -248,7 +302,8 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
     out = make_run_dir(out).resolve()
     preflight(preset)
     atomic_write_json(out / "config.json", {"preset": preset.name, "description": preset.description,
-                                            "common": preset.common, "notebooks": preset.notebooks})
+                                            "common": preset.common, "notebooks": preset.notebooks,
+                                            "cell_timeout": preset.cell_timeout})
     stages: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
     library, upstream, rerun_rest = library_fingerprint(), "", force
@@ -267,7 +322,8 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
                                          else _why_stale(stamp, inputs, executed))
         log.info("[%6.0f s] %s: running (%s)", time.perf_counter() - start, notebook.stem, reason)
         rerun_rest = True
-        seconds = execute_notebook(notebook, executed, params)
+        stamp_path.unlink(missing_ok=True)  # a stage that fails now must not look done later
+        seconds = execute_notebook(notebook, executed, params, cell_timeout=preset.cell_timeout)
         stamp = {"key": key, "inputs": inputs, "seconds": round(seconds, 1), "parameters": params}
         atomic_write_json(stamp_path, stamp)
         stages[notebook.stem] = {**stamp, "skipped": False}

@@ -165,3 +165,98 @@ def test_tiny_preset_end_to_end_and_restart(tmp_path):
     assert (out / "report.html").is_file()
     again = reproduce(out, "tiny")  # a rerun finds every stage up to date
     assert all(s["skipped"] for s in again.values())
+
+
+# ------------------------------------------------------------------ failed stages: one clear message
+
+def test_a_failing_cell_names_stage_cell_error_and_executed_copy(tmp_path):
+    from mlcwb.notebooks import NotebookError, execute_notebook
+
+    source = _write_notebook(tmp_path / "07_broken.ipynb", "x = 0",
+                             "a = 1\nraise ValueError('no prompts left')\nb = 2")
+    executed = tmp_path / "run" / "07_broken.ipynb"
+    with pytest.raises(NotebookError) as info:
+        execute_notebook(source, executed, {"x": 1})
+    message = str(info.value)
+    assert "stage 07_broken failed in cell [" in message
+    assert "ValueError: no prompts left" in message
+    assert "line 2: raise ValueError('no prompts left')" in message
+    assert str(executed) in message and executed.is_file()
+    assert "Traceback" not in message and "\x1b[" not in message
+
+
+def test_a_cell_past_its_timeout_is_a_clear_error(tmp_path):
+    from mlcwb.notebooks import NotebookError, execute_notebook
+
+    source = _write_notebook(tmp_path / "08_slow.ipynb", "x = 0",
+                             "import time\nfor _ in range(600):\n    time.sleep(0.1)")
+    executed = tmp_path / "run" / "08_slow.ipynb"
+    with pytest.raises(NotebookError) as info:
+        execute_notebook(source, executed, cell_timeout=2)
+    message = str(info.value)
+    assert "stage 08_slow failed in cell [" in message and "per-cell timeout of 2 s" in message
+    assert str(executed) in message and "Traceback" not in message
+
+
+def test_no_cell_timeout_by_default():
+    import inspect
+
+    from mlcwb.notebooks import execute_notebook
+
+    assert inspect.signature(execute_notebook).parameters["cell_timeout"].default is None
+    assert all(p.cell_timeout is None for p in PRESETS.values())
+
+
+def test_reproduce_passes_the_preset_timeout_and_a_failed_stage_is_not_done(fake_series, tmp_path,
+                                                                             monkeypatch):
+    from mlcwb.notebooks import NotebookError
+
+    seen = []
+
+    def failing(source, output, parameters=None, cell_timeout=None, **kwargs):
+        seen.append(cell_timeout)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("{}")
+        raise NotebookError(f"stage {source.stem} failed")
+
+    reproduce(tmp_path / "run", _preset())
+    monkeypatch.setattr(reproduce_module, "execute_notebook", failing)
+    timed = Preset("fake", "x", _preset().common, _preset().notebooks, cell_timeout=5.0)
+    with pytest.raises(NotebookError, match="stage 00_a failed"):
+        reproduce(tmp_path / "run", timed, force=True)
+    assert seen == [5.0]
+    assert not (tmp_path / "run" / "stages" / "00_a.json").exists()
+
+
+def test_cli_reproduce_prints_only_the_stage_message(fake_series, tmp_path, monkeypatch, capsys):
+    from mlcwb.cli import main
+    from mlcwb.notebooks import NotebookError
+
+    def failing(source, output, parameters=None, **kwargs):
+        raise NotebookError(f"stage {source.stem} failed in cell [3]: ValueError: x\n  open {output}")
+
+    monkeypatch.setattr(reproduce_module, "execute_notebook", failing)
+    monkeypatch.setitem(PRESETS, "tiny", _preset())
+    assert main(["reproduce", "--preset", "tiny", "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "stage 00_a failed in cell [3]: ValueError: x" in err and "Traceback" not in err
+
+
+def test_config_file_numbers_that_yaml_reads_as_strings(fake_series, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("cell_timeout: 60\nnotebooks: {01_b: {x: 6e-7}}\n")
+    preset = load_preset("tiny", config)
+    assert preset.cell_timeout == 60.0
+    assert preset.notebooks["01_b"]["x"] == "6e-7"  # what YAML 1.1 makes of it
+    params = stage_parameters(Preset("p", "x", {}, {"01_b": preset.notebooks["01_b"]}),
+                              reproduce_module.notebook_paths()[1], tmp_path)
+    assert params["x"] == 6e-7
+    with pytest.raises(ConfigError, match="01_b.x: 'fast' is not a number"):
+        stage_parameters(Preset("p", "x", {}, {"01_b": {"x": "fast"}}),
+                         reproduce_module.notebook_paths()[1], tmp_path)
+    config.write_text("cell_timeout: soon\n")
+    with pytest.raises(ConfigError, match="cell_timeout"):
+        load_preset("tiny", config)
+    config.write_text("common: [1, 2]\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_preset("tiny", config)
