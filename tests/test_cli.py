@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
 from mlcwb.cli import build_parser, main
 
@@ -23,3 +24,11 @@ def test_unknown_model_is_a_message_with_the_known_names(capsys):
 def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "mlcwb.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "reproduce" in proc.stdout
+
+
+def test_version_is_the_package_version(capsys):
+    import mlcwb
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"mlcwb {mlcwb.__version__}"
