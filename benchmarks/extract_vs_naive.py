@@ -135,7 +135,7 @@ def main() -> None:
 
     import numpy as np
 
-    from mlcwb.bench import write_result
+    from mlcwb.bench import Measurement, write_result
 
     langs = args.langs.split(",")
     layers = [int(x) for x in args.layers.split(",")]
@@ -145,7 +145,7 @@ def main() -> None:
     subset_prompts = sorted({int(i * step) for i in range(naive_n)})
     subset = [p * len(langs) + j for p in subset_prompts for j in range(len(langs))]
     base = {"model": args.model, "layers": layers, "batch_size": args.batch_size}
-    load = os.getloadavg()
+    measurement = Measurement.start()
     with tempfile.TemporaryDirectory() as tmp:
         fast, fast_values = run_phase("fast", {**base, "texts": texts}, Path(tmp))
         naive, naive_values = run_phase("naive", {**base, "texts": [texts[i] for i in subset]},
@@ -160,7 +160,7 @@ def main() -> None:
                   round(naive["prompts_per_s"], 3)),
         candidate=(f"mlcwb.extract (length-sorted batches of {args.batch_size}, backbone only, "
                    f"no LM head, stops after layer {max(layers)})", round(fast["prompts_per_s"], 3)),
-        target=5.0,
+        target=5.0, measurement=measurement,
         extra={
             "texts_from": source, "languages": langs, "layers": layers,
             "n_prompts_candidate": len(texts), "n_prompts_naive": len(subset),
@@ -180,8 +180,7 @@ def main() -> None:
                           "naive": {k: naive[k] for k in ("rss_peak_mb", "rss_rise_mb", "ru_maxrss_mb")},
                           "candidate": {k: fast[k] for k in ("rss_peak_mb", "rss_rise_mb",
                                                              "ru_maxrss_mb")}},
-            "torch_threads": fast["threads"], "load_average_at_start": [round(x, 2) for x in load],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "torch_threads": fast["threads"],
         },
     )
     print(path.read_text())

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 
 import torch
 
-from mlcwb.bench import write_result
+from mlcwb.bench import Measurement, write_result
 from mlcwb.evaluate import generate, generate_texts
 from mlcwb.models import load_model
 from mlcwb.paths import shared_data_dir
@@ -48,7 +47,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model("smollm2-135m-instruct", device="cpu")
     texts, source = english_prompts(args.prompts)
-    load_before = os.getloadavg()[0]
+    measurement = Measurement.start()
 
     start = time.perf_counter()
     batched = generate(model, tokenizer, texts, ["en"], args.max_new_tokens, args.batch_size,
@@ -67,14 +66,13 @@ def main() -> None:
         baseline=("one prompt at a time (model.generate per prompt)", round(loop_rate, 4)),
         candidate=(f"batched mlcwb.evaluate.generate (batch {args.batch_size}, left padding, "
                    f"KV cache)", round(batched_rate, 4)),
-        target=4.0,
+        target=4.0, measurement=measurement,
         extra={"prompts": len(texts), "prompt_source": source, "max_new_tokens": args.max_new_tokens,
                "batched_seconds": round(batched_s, 1), "loop_prompts": len(subset),
                "loop_seconds": round(loop_s, 1),
                "loop_note": f"loop timed on the first {len(subset)} prompts; its rate is compared",
                "greedy_compared": len(subset), "greedy_mismatches": len(mismatches),
                "mismatch_indices": mismatches, "torch_threads": torch.get_num_threads(),
-               "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
                "note": "other jobs on the machine slow both passes; the load averages say how busy it was"},
     )
     print(path)

@@ -148,8 +148,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_variant(args.child, args.steps, args.model)))
         return
-    from mlcwb.bench import write_result
+    from mlcwb.bench import Measurement, write_result
 
+    measurement = Measurement.start()
     align = measure("align", args.steps, args.model)
     ours = measure("ours", args.steps, args.model)
     one_batch = measure("ours_one_batch", args.steps, args.model)
@@ -175,7 +176,8 @@ def main() -> None:
     path = write_result("mlc_step_overhead",
                         "DPO step time: alignment-only vs alignment + MLC (ours, aux_every=2 average)",
                         "s/step", ("alignment-only", align["step_s"]), ("alignment+MLC ours", avg),
-                        target=round(1 / 1.5, 3), higher_is_better=False, extra=extra)
+                        target=round(1 / 1.5, 3), higher_is_better=False, extra=extra,
+                        measurement=measurement)
     print(path.read_text())
 
 

@@ -14,7 +14,7 @@ import argparse
 
 from mlc_step_overhead import MLC_PROMPTS, N_LANGS, PAIRS, measure
 
-from mlcwb.bench import write_result
+from mlcwb.bench import Measurement, write_result
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
+    measurement = Measurement.start()
     ours = measure("ours_every_step", args.steps, args.model)
     official = measure("official", args.steps, args.model)
     rows = MLC_PROMPTS * len(N_LANGS)
@@ -40,7 +41,8 @@ def main() -> None:
     path = write_result("mlc_vs_official_batching", "DPO+MLC step time: ours vs official batching",
                         "s/step", ("official batching", official["mlc_step_s"]),
                         ("ours (prompt-only backbone forward)", ours["mlc_step_s"]),
-                        target=3.0, higher_is_better=False, extra=extra)
+                        target=3.0, higher_is_better=False, extra=extra,
+                        measurement=measurement)
     print(path.read_text())
 
 

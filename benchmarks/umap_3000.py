@@ -20,7 +20,7 @@ os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlcwb-numba-bench-")
 
 import numpy as np  # noqa: E402
 
-from mlcwb.bench import write_result  # noqa: E402
+from mlcwb.bench import Measurement, write_result  # noqa: E402
 from mlcwb.extract import Representations  # noqa: E402
 from mlcwb.viz import project  # noqa: E402
 
@@ -51,7 +51,7 @@ def timed(fn) -> tuple[float, float]:
 def main() -> None:
     reps = synthetic()
     n_points = reps.values.shape[0] * reps.values.shape[1]
-    load_before = os.getloadavg()
+    measurement = Measurement.start()
     pca_s, _ = timed(lambda: project(reps, 0, "pca"))
     cold_s, cold_cpu = timed(lambda: project(reps, 0, "umap"))
     warm_s, warm_cpu = timed(lambda: project(reps, 0, "umap"))
@@ -60,11 +60,10 @@ def main() -> None:
                           f"{reps.values.shape[-1]}-d, n_neighbors=15, seed 0",
         unit="s", baseline=("first call, empty numba cache (compile + fit)", cold_s),
         candidate=("second call after numba warm-up", warm_s), target=None,
-        higher_is_better=False,
+        higher_is_better=False, measurement=measurement,
         extra={"target_seconds": TARGET_S, "meets_target_seconds": warm_s < TARGET_S,
                "pca_seconds": pca_s, "n_points": n_points,
-               "cpu_seconds": {"cold": cold_cpu, "warm": warm_cpu},
-               "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]}})
+               "cpu_seconds": {"cold": cold_cpu, "warm": warm_cpu}})
     print(f"PCA {pca_s:.1f} s, UMAP cold {cold_s:.1f} s ({cold_cpu:.1f} s CPU), warm {warm_s:.1f} s "
           f"({warm_cpu:.1f} s CPU) -> {path}")
 
