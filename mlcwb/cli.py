@@ -37,9 +37,10 @@ def _add_fetch_model(sub: argparse._SubParsersAction) -> None:
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from mlcwb import evaluate, extract, reproduce, train, translate
+    from mlcwb.commands import notebooks
 
     return [_add_fetch_model, translate.add_cli, extract.add_cli, train.add_cli, evaluate.add_cli,
-            reproduce.add_cli]
+            reproduce.add_cli, notebooks.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

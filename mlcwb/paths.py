@@ -9,8 +9,14 @@ SHARED_DATA_ENV = "MLCWB_SHARED_DATA"
 
 
 def repo_root() -> Path:
-    """The checkout that holds ``data/`` and ``notebooks/`` (mlcwb is installed editable)."""
-    return Path(__file__).resolve().parent.parent
+    """The folder that holds ``data/`` and ``notebooks/``: the checkout when mlcwb runs from one
+    (an editable install), else the copy the wheel ships as ``mlcwb/_resources/`` (pyproject.toml
+    maps the two folders there), so ``pip install mlcwb`` finds the corpus and the notebooks too."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
+        return checkout
+    return package / "_resources"
 
 
 def data_dir() -> Path:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -202,3 +207,76 @@ def test_nothing_is_declared_that_nothing_imports_or_runs():
     unused = sorted(set(_pyproject()) - imported - runtime)
     assert unused == [], f"declared but never imported: {unused}"
 
+
+
+def test_packages_listed_for_setuptools_are_every_package_under_mlcwb():
+    """The packages are listed (to map data/ and notebooks/ into the wheel), so a new subpackage
+    must be added by hand; this says so instead of shipping a wheel without it."""
+    listed = _meta()["tool"]["setuptools"]["packages"]
+    code = {".".join(p.relative_to(ROOT).parent.parts) for p in (ROOT / "mlcwb").rglob("__init__.py")}
+    assert sorted(code - set(listed)) == [], "add these to [tool.setuptools] packages"
+    mapped = _meta()["tool"]["setuptools"]["package-dir"]
+    assert all((ROOT / folder).is_dir() for folder in mapped.values())
+
+
+# ------------------------------------------------------------------ the wheel, outside the checkout
+
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "mlcwb", "data", "notebooks")
+
+
+def _build_wheel(tmp: Path) -> Path:
+    """Build from a copy of the build's inputs, so no build/ or egg-info lands in the checkout and
+    no stale build/lib can leak into the wheel."""
+    src = tmp / "src"
+    src.mkdir()
+    for name in BUILD_INPUTS:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--quiet", "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True)
+    (wheel,) = (tmp / "dist").glob("mlcwb-*.whl")
+    return wheel
+
+
+CHECK_INSTALLED = """
+import json, mlcwb, mlcwb.paths
+from mlcwb.data import load_corpus
+from mlcwb.notebooks import notebook_paths
+corpus = load_corpus()
+print(json.dumps({"package": mlcwb.__file__, "root": str(mlcwb.paths.repo_root()),
+                  "prompts": len(corpus), "languages": corpus.languages,
+                  "notebooks": [p.name for p in notebook_paths()]}))
+"""
+
+
+def test_a_wheel_install_finds_the_corpus_and_copies_the_notebooks_out(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+                    "--target", str(site), str(wheel)], check=True, capture_output=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = {"cwd": outside, "env": env, "capture_output": True, "text": True}
+
+    proc = subprocess.run([sys.executable, "-c", CHECK_INSTALLED], **run)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert Path(found["package"]).is_relative_to(site), "imported the checkout, not the wheel"
+    assert Path(found["root"]) == site / "mlcwb" / "_resources"
+    from mlcwb.data import load_corpus
+
+    checkout = load_corpus()
+    assert found["prompts"] == len(checkout) and found["languages"] == checkout.languages
+    assert len(found["notebooks"]) == 6 and found["notebooks"][0].startswith("00_")
+
+    script = site / "bin" / "mlcwb"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "mlcwb.cli"]
+    proc = subprocess.run([*command, "notebooks", "copies"], **run)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (outside / "copies").glob("*.ipynb")) == found["notebooks"]
+    proc = subprocess.run([*command, "notebooks", "copies"], **run)
+    assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
