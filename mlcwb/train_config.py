@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from mlcwb.errors import ConfigError
+from mlcwb.errors import ConfigError, LanguageError
+from mlcwb.languages import get_language
 from mlcwb.mlc import MLCConfig
 
 ALIGNS = ("sft", "dpo", "none")
@@ -157,7 +158,23 @@ class TrainConfig:
                 raise ConfigError(f"MLC compares languages: langs needs at least 2, got {self.langs}")
         if self.lora is not None and self.lora.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.lora.r}")
+        self._check_languages()
         return self
+
+    def _check_languages(self) -> None:
+        """Every language code is a known one, written canonically: a typo (``xx``) or an alias
+        (``zh-CN``) here would otherwise surface only once the data is loaded, as "missing"."""
+        named = [(f"langs[{i}]", code) for i, code in enumerate(self.langs)]
+        named += [(f"align_langs[{i}]", code) for i, code in enumerate(self.align_langs)]
+        if self.mlc is not None and self.mlc.lang_weights:
+            named += [(f"mlc.lang_weights[{code!r}]", code) for code in self.mlc.lang_weights]
+        for key, code in named:
+            try:
+                canonical = get_language(code).code
+            except LanguageError as exc:
+                raise LanguageError(f"{key}: {exc}") from None
+            if canonical != code:
+                raise LanguageError(f"{key}: write language {code!r} as {canonical!r}")
 
 
 def _check_keys(values: dict[str, Any], cls: type, prefix: str) -> None:

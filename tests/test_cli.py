@@ -32,3 +32,21 @@ def test_version_is_the_package_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"mlcwb {mlcwb.__version__}"
+
+
+def test_train_config_with_a_wrong_type_is_a_message(tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("lr: fast\n")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "lr: 'fast' is not a float" in err and "Traceback" not in err
+
+
+def test_reproduce_with_an_unknown_language_stops_before_any_notebook(tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("common: {languages: [en, xx]}\n")
+    out = tmp_path / "run"
+    assert main(["reproduce", "--preset", "tiny", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "common.languages: unknown language 'xx'" in err and "Traceback" not in err
+    assert not (out / "notebooks").exists() and not (out / "stages").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcwb.errors import ConfigError
+from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.mlc import MLCConfig
 from mlcwb.train_config import LoraSettings, TrainConfig
 
@@ -112,7 +112,18 @@ def test_bare_norwegian_code_says_to_quote_it(tmp_path):
     # `no` is Norwegian, and YAML 1.1 reads it as False.
     with pytest.raises(ConfigError, match=r"langs\[1\]: False is not a str.*quote"):
         _load(tmp_path, "langs: [en, no]\n")
-    assert _load(tmp_path, "langs: [en, 'no']\n").langs == ["en", "no"]
+    with pytest.raises(LanguageError, match=r"langs\[1\]: unknown language 'no'"):
+        _load(tmp_path, "langs: [en, 'no']\n")  # quoted it is text, and then checked as a code
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"langs": ["en", "xx"]}, r"langs\[1\]: unknown language 'xx'"),
+    ({"align_langs": ["zh-CN"]}, r"align_langs\[0\]: write language 'zh-CN' as 'zh'"),
+    ({"mlc": {"lang_weights": {"klingon": 1.0}}}, r"mlc.lang_weights\['klingon'\]: unknown language"),
+])
+def test_language_codes_are_checked_before_any_data_loads(raw, message):
+    with pytest.raises(LanguageError, match=message):
+        TrainConfig.from_dict(raw)
 
 
 def test_unknown_nested_keys_still_suggest_the_closest():
