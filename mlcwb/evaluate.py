@@ -9,7 +9,6 @@ is appended to a JSONL file at once, so an interrupted run resumes where it stop
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,38 +196,4 @@ def load_responses(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(path, skip_partial_last=True), columns=COLUMNS)
 
 
-def _cli(args: argparse.Namespace) -> int:
-    from mlcwb.data import load_corpus, load_multijail
-    from mlcwb.judges import RefusalJudge, apply_judge
-    from mlcwb.models import load_model
-    from mlcwb.report import language_metrics
-
-    prompts = load_multijail(args.multijail) if args.multijail else load_corpus(args.langs)
-    if args.split and not args.multijail:
-        prompts = prompts.select(split=args.split)
-    if args.limit:
-        prompts = type(prompts)(prompts.prompts[:args.limit], name=prompts.name)
-    model, tokenizer = load_model(args.model, device=args.device)
-    frame = generate(model, tokenizer, prompts, args.langs, args.max_new_tokens, args.batch_size,
-                     out_path=args.out)
-    judged = apply_judge(frame, RefusalJudge())
-    print(language_metrics(judged).to_string())
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mlcwb evaluate``: generate, judge with the refusal judge, print per-language rates."""
-    p = subparsers.add_parser("evaluate", help="generate responses and report safety per language")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, local dir or hub id")
-    p.add_argument("--langs", nargs="+", default=None, help="language codes (default: all present)")
-    p.add_argument("--split", default="test", help="corpus split (ignored for --multijail)")
-    p.add_argument("--multijail", help="MultiJail CSV path or hub id instead of the corpus")
-    p.add_argument("--limit", type=int, default=0, help="first N prompts only (0 = all)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="JSONL file for the responses (resumable)")
-    p.set_defaults(func=_cli)
-
-
-__all__ = ["COLUMNS", "add_cli", "generate", "generate_texts", "load_responses", "settings_dict"]
+__all__ = ["COLUMNS", "generate", "generate_texts", "load_responses", "settings_dict"]

@@ -21,7 +21,6 @@ from the end, so ``-1`` is the final-norm output.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
@@ -535,49 +534,12 @@ def _read_cache(path: Path, key: dict) -> Representations | None:
 # CLI
 # --------------------------------------------------------------------------------------------
 
-def _parse_layers(spec: str) -> list[int] | None:
-    if spec.strip().lower() == "all":
-        return None
-    try:
-        return [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"--layers takes comma-separated integers or 'all', got {spec!r}.") from exc
-
-
-def _cli_extract(args: argparse.Namespace) -> int:
-    from mlcwb.data import load_corpus
-    from mlcwb.models import load_model
-    from mlcwb.paths import run_dir
-
-    langs = [code.strip() for code in args.langs.split(",") if code.strip()] if args.langs else None
-    model, tokenizer = load_model(args.model, device=args.device)
-    prompts = load_corpus(langs)
-    if args.split:
-        prompts = prompts.select(split=args.split.split(","))
-    out = run_dir(args.out) / "reps"
-    reps = extract(model, tokenizer, prompts, langs=langs, layers=_parse_layers(args.layers),
-                   pooling=args.pooling, chat_template=not args.no_chat_template,
-                   batch_size=args.batch_size, cache_dir=out)
-    print(f"{reps.values.shape} (prompts, languages, layers, hidden) -> {out}")
-    return 0
-
-
 def add_cli(subparsers: Any) -> None:
-    """Register ``mlcwb extract`` (hidden states of the corpus into ``RUN_DIR/reps/``)."""
-    p = subparsers.add_parser(
-        "extract", help="extract pooled hidden states of the corpus",
-        description="Pooled hidden states of the project corpus, saved (and cached) in RUN_DIR/reps/.")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--langs", default=None, help="comma-separated codes (default: all in corpus)")
-    p.add_argument("--layers", default="all",
-                   help="comma-separated hidden_states indices, negatives from the end, or 'all'")
-    p.add_argument("--pooling", default="last", choices=POOLINGS)
-    p.add_argument("--split", default=None, help="train, dev, test or a comma list (default: all)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--no-chat-template", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="run directory; results go to RUN_DIR/reps/")
-    p.set_defaults(func=_cli_extract)
+    """Register ``mlcwb extract``; its arguments live in ``mlcwb.commands.extract``, which
+    ``mlcwb --help`` reads without importing this module (and torch)."""
+    from mlcwb.commands.extract import register
+
+    register(subparsers)
 
 
 __all__ = ["POOLINGS", "Representations", "add_cli", "encode_with_content", "extract",

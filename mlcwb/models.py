@@ -31,7 +31,7 @@ from mlcwb.errors import ChecksumError, ConfigError, ModelFetchError, UnknownMod
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from mlcwb.defaults import DEFAULT_MODEL  # noqa: E402 (kept light for the command line)
 CACHE_ENV = "MLCWB_CACHE_DIR"
 
 CHATML_TEMPLATE = (

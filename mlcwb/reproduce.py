@@ -11,7 +11,6 @@ and ``report.html``.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
@@ -354,17 +353,3 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
     paths = write_report(out, preset, stages)
     log.info("[%6.0f s] report: %s", time.perf_counter() - start, ", ".join(map(str, paths)))
     return stages
-
-
-def _run(args: argparse.Namespace) -> int:
-    reproduce(args.out or f"runs/{args.preset}", args.preset, force=args.force, config=args.config)
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="run the notebook series end to end into runs/NAME")
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    p.add_argument("--config", help="YAML overriding the preset (keys: common, notebooks)")
-    p.add_argument("--out", help="run directory (default runs/PRESET)")
-    p.add_argument("--force", action="store_true", help="rerun stages that are up to date")
-    p.set_defaults(func=_run)

@@ -23,7 +23,6 @@ stops with a TrainingError.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -710,43 +709,12 @@ def _finish(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: P
 
 # ------------------------------------------------------------------------------------ CLI
 
-def _cli_train(args: argparse.Namespace) -> int:
-    config = TrainConfig.from_yaml(args.config)
-    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("max_steps", args.max_steps))
-                 if v is not None}
-    if overrides:
-        config = config.replace(**overrides)
-    result = train(config)
-    log.info("trained %d steps; final checkpoint %s", result.steps, result.final_dir)
-    return 0
-
-
-def _arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("config", help="YAML file with TrainConfig keys")
-    p.add_argument("--output-dir", help="override output_dir")
-    p.add_argument("--max-steps", type=int, help="override max_steps")
-    p.set_defaults(func=_cli_train)
-    return p
-
-
-def add_cli(subparsers: Any) -> None:
-    """``mlcwb train CONFIG``: one run from a YAML config (see TrainConfig)."""
-    _arguments(subparsers.add_parser("train", help="align (SFT/DPO) + MLC training from a YAML config"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m mlcwb.train CONFIG`` and ``accelerate launch -m mlcwb.train CONFIG``."""
-    from mlcwb.errors import MLCWBError
+    """Entry point of ``python -m mlcwb.train CONFIG`` and ``accelerate launch -m mlcwb.train CONFIG``;
+    the arguments are ``mlcwb train``'s, defined in ``mlcwb.commands.train``."""
+    from mlcwb.commands.train import main as train_main
 
-    parser = _arguments(argparse.ArgumentParser(prog="mlcwb.train",
-                                                description="Align (SFT/DPO) + MLC training."))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _cli_train(args)
-    except MLCWBError as exc:
-        print(f"mlcwb.train: error: {exc}", file=sys.stderr)
-        return 2
+    return train_main(argv)
 
 
 __all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "collate_align",

@@ -1,18 +1,26 @@
-"""The `mlcwb` command: every stage is reachable and errors are messages, not stack traces."""
+"""The `mlcwb` command: every stage is reachable, help needs no torch, errors are messages, not
+stack traces, and `mlcwb config train` prints a config that `mlcwb train` accepts unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from mlcwb.cli import build_parser, main
+from mlcwb.cli import COMMANDS, build_parser, main
+
+STAGES = {"fetch-model", "translate", "extract", "train", "evaluate", "reproduce"}
+HEAVY = ("torch", "transformers", "pandas", "numpy")
+
+
+def _subcommands() -> dict:
+    return next(a for a in build_parser()._actions if a.dest == "command").choices
 
 
 def test_every_stage_has_a_subcommand():
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert {"fetch-model", "translate", "extract", "train", "evaluate", "reproduce"} <= set(sub.choices)
+    assert STAGES | {"config", "notebooks"} <= set(_subcommands())
 
 
 def test_unknown_model_is_a_message_with_the_known_names(capsys):
@@ -32,6 +40,102 @@ def test_version_is_the_package_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"mlcwb {mlcwb.__version__}"
+
+
+HELP_EVERYWHERE = f"""
+import contextlib, io, sys
+import mlcwb.cli
+parser = mlcwb.cli.build_parser()
+for argv in [["--help"]] + [[name, "--help"] for name in {sorted(STAGES | {"config", "notebooks"})!r}]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        parser.parse_args(argv)
+print(",".join(m for m in {HEAVY!r} if m in sys.modules))
+"""
+
+
+def test_help_imports_no_torch_transformers_pandas_or_numpy():
+    """`mlcwb --help` and each `mlcwb CMD --help` build their text without importing a stage."""
+    proc = subprocess.run([sys.executable, "-c", HELP_EVERYWHERE], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"building the parser imported {proc.stdout.strip()}"
+
+
+def test_each_command_module_registers_what_it_runs():
+    for command in COMMANDS:
+        assert callable(command.register), command.__name__
+    defaults = {name: p.get_default("func") for name, p in _subcommands().items()}
+    assert all(callable(func) for func in defaults.values()), defaults
+
+
+def test_light_copies_agree_with_the_library():
+    """The command line keeps these out of torch-importing modules; they must not drift."""
+    from mlcwb import extract, models
+    from mlcwb.commands import extract as extract_command
+    from mlcwb.defaults import DEFAULT_MODEL
+
+    assert extract_command.POOLINGS == extract.POOLINGS
+    assert models.DEFAULT_MODEL == DEFAULT_MODEL
+    for name in ("extract", "evaluate"):
+        assert _subcommands()[name].get_default("model") == DEFAULT_MODEL
+
+
+def test_bad_layers_fail_before_any_model_loads(capsys):
+    assert main(["extract", "--layers", "0,x", "--out", "unused", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "--layers" in err and "no-such-model" not in err
+
+
+# ------------------------------------------------------------------ mlcwb config train
+
+def _printed_config(capsys) -> str:
+    assert main(["config", "train"]) == 0
+    return capsys.readouterr().out
+
+
+def test_config_train_loads_back_to_the_defaults(capsys, tmp_path):
+    from mlcwb.train_config import TrainConfig
+
+    path = tmp_path / "train.yaml"
+    path.write_text(_printed_config(capsys), encoding="utf-8")
+    assert TrainConfig.from_yaml(path) == TrainConfig()
+
+
+def test_config_train_comments_every_key(capsys):
+    from mlcwb.train_config import ALIGNS, TrainConfig
+
+    lines = _printed_config(capsys).splitlines()
+    keys = [line.split(":")[0] for line in lines if line and not line.startswith(("#", " "))]
+    assert keys == [f.name for f in dataclasses.fields(TrainConfig)]
+    for i, line in enumerate(lines):
+        if line.strip() and not line.lstrip().startswith("#") and not line.endswith(":"):
+            assert lines[i - 1].lstrip().startswith("#"), f"no comment above {line!r}"
+    assert any(f"one of {', '.join(ALIGNS)}" in line for line in lines)
+
+
+def test_train_module_entry_point_shares_the_arguments(tmp_path, capsys):
+    """`python -m mlcwb.train CONFIG` (and accelerate launch) parse like `mlcwb train`."""
+    from mlcwb.train import main as train_main
+
+    assert train_main([str(tmp_path / "missing.yaml"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlcwb.train: error:") and "missing.yaml" in err
+
+
+# ------------------------------------------------------------------ mlcwb notebooks DIR
+
+def test_notebooks_copies_the_series_and_keeps_existing_copies(tmp_path, capsys):
+    from mlcwb.notebooks import notebook_paths
+
+    names = [p.name for p in notebook_paths()]
+    assert main(["notebooks", str(tmp_path / "nb")]) == 0
+    assert sorted(p.name for p in (tmp_path / "nb").iterdir()) == names
+    (tmp_path / "nb" / names[0]).write_text("my edits")
+    capsys.readouterr()
+    assert main(["notebooks", str(tmp_path / "nb")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "nb" / names[0]).read_text() == "my edits"
+    assert main(["notebooks", str(tmp_path / "nb"), "--force"]) == 0
+    assert (tmp_path / "nb" / names[0]).read_bytes() == notebook_paths()[0].read_bytes()
 
 
 def test_train_config_with_a_wrong_type_is_a_message(tmp_path, capsys):

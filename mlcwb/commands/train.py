@@ -1,0 +1,46 @@
+"""``mlcwb train CONFIG``, also ``python -m mlcwb.train CONFIG`` and
+``accelerate launch -m mlcwb.train CONFIG`` (through ``mlcwb.train.main``): one training run
+from a YAML file of TrainConfig keys (``mlcwb config train`` prints a commented default)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("config", help="YAML file with TrainConfig keys (see `mlcwb config train`)")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.set_defaults(func=run)
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    arguments(subparsers.add_parser("train", help="align (SFT/DPO) + MLC training from a YAML config"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlcwb.train import train
+    from mlcwb.train_config import TrainConfig
+
+    config = TrainConfig.from_yaml(args.config)
+    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("max_steps", args.max_steps))
+                 if v is not None}
+    if overrides:
+        config = config.replace(**overrides)
+    result = train(config)
+    log.info("trained %d steps; final checkpoint %s", result.steps, result.final_dir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mlcwb.train``: the same arguments as ``mlcwb train``, without the subcommand."""
+    from mlcwb.cli import run_command
+
+    parser = arguments(argparse.ArgumentParser(prog="mlcwb.train",
+                                               description="Align (SFT/DPO) + MLC training."))
+    return run_command(parser.parse_args(argv), "mlcwb.train")
