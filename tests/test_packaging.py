@@ -280,3 +280,40 @@ def test_a_wheel_install_finds_the_corpus_and_copies_the_notebooks_out(tmp_path)
     assert sorted(p.name for p in (outside / "copies").glob("*.ipynb")) == found["notebooks"]
     proc = subprocess.run([*command, "notebooks", "copies"], **run)
     assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ CI: the notebooks workflow
+
+def _workflow() -> dict:
+    return yaml.safe_load((ROOT / ".github" / "workflows" / "notebooks.yml").read_text())
+
+
+def _step(steps: list[dict], needle: str) -> int:
+    """Index of the one step whose ``uses`` or ``run`` contains ``needle``."""
+    found = [i for i, s in enumerate(steps) if needle in s.get("uses", "") + s.get("run", "")]
+    assert len(found) == 1, f"expected one step with {needle!r}, found {len(found)}"
+    return found[0]
+
+
+def test_notebooks_workflow_runs_the_tiny_series_and_keeps_the_notebooks():
+    workflow = _workflow()
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert {"push", "pull_request"} <= set(triggers)
+    assert set(workflow["jobs"]) == {"notebooks"}
+    job = workflow["jobs"]["notebooks"]
+    assert job["runs-on"].startswith("ubuntu") and job["timeout-minutes"] <= 90
+    steps = job["steps"]
+
+    checkout, setup = _step(steps, "actions/checkout@"), _step(steps, "actions/setup-python@")
+    floor = _meta()["project"]["requires-python"].removeprefix(">=")
+    assert str(steps[setup]["with"]["python-version"]) == floor
+
+    makefile_torch = re.search(r"^TORCH_SPEC \?= (\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    torch = _step(steps, makefile_torch)
+    assert "/whl/cpu" in steps[torch]["run"], "the CPU build of the Makefile's torch"
+    install = _step(steps, ".[dev]")
+    reproduce = _step(steps, "mlcwb reproduce --preset tiny --out runs/tiny")
+    upload = _step(steps, "actions/upload-artifact@")
+    assert checkout < setup < torch < install < reproduce < upload
+    assert steps[upload]["with"]["path"].rstrip("/") == "runs/tiny/notebooks"
+    assert steps[upload]["if"] == "always()", "keep the notebooks of a failed run too"
