@@ -33,7 +33,7 @@ from transformers import DynamicCache
 from mlcwb.errors import ConfigError
 from mlcwb.extract import POOLINGS, pool_hidden
 
-VARIANTS = ("official", "cosine")
+VARIANTS = ("official", "cosine", "contrastive")
 EXTRACTORS = ("linear", "frozen", "identity")
 BATCHINGS = ("separate", "official")
 BUCKETINGS = ("auto", "length", "none")
@@ -53,6 +53,8 @@ class MLCConfig:
     ``buckets`` splits the separate MLC forward into length buckets (``length``) or keeps one padded
     batch (``none``); ``auto`` buckets on a CPU, where a forward costs in proportion to the
     positions it computes, and keeps one batch on an accelerator, where fewer launches win.
+    ``variant="contrastive"`` cannot be met by collapse (every prompt mapped to one direction):
+    a prompt's translations must be closer to each other than to the batch's other prompts.
     """
 
     lam: float = 0.8
@@ -81,6 +83,8 @@ class MLCConfig:
             (self.aux_every >= 1, f"mlc.aux_every must be >= 1, got {self.aux_every}"),
             (self.extractor_dim >= 1, f"mlc.extractor_dim must be >= 1, got {self.extractor_dim}"),
             (self.batch_size >= 1, f"mlc.batch_size must be >= 1, got {self.batch_size}"),
+            (self.variant != "contrastive" or self.batch_size >= 2,
+             f"mlc.variant 'contrastive' contrasts prompts: mlc.batch_size must be >= 2, got {self.batch_size}"),
             (self.extractor_lr is None or self.extractor_lr >= 0,
              f"mlc.extractor_lr must be >= 0, got {self.extractor_lr}"),
             (not self.lang_weights or all(w >= 0 for w in self.lang_weights.values()),
@@ -169,6 +173,34 @@ def pairwise_cosine_loss(z: Tensor | list[Tensor], weights: Tensor | Sequence[fl
         return _cosine(_normalize(z), weights).mean()
 
 
+def contrastive_loss(z: Tensor, tau: float = 0.2, weights: Tensor | Sequence[float] | None = None) -> Tensor:
+    """InfoNCE over a batch of prompt groups: a row's positives are its own prompt's other
+    languages, its negatives every other prompt's rows (supervised-contrastive form).
+
+    The official loss is minimal whenever each group is collinear, which a model also reaches by
+    mapping *every* prompt to one direction (measured: it then answers everything alike). Here
+    that collapse costs log(P·L - 1) (every row as close as any other), so it can only be lowered by
+    keeping different prompts apart. ``z``: (P, L, D) with P >= 2; ``weights``: per language (L,).
+    """
+    with full_precision():
+        z = _as_float32(z)
+        n_prompts, n_langs, _ = z.shape
+        if n_prompts < 2 or n_langs < 2:
+            raise ConfigError(f"the contrastive MLC term needs >= 2 prompts and >= 2 languages per "
+                              f"batch, got {n_prompts} x {n_langs}; raise mlc.batch_size.")
+        zn = _normalize(z).reshape(n_prompts * n_langs, -1)
+        eye = torch.eye(len(zn), dtype=torch.bool, device=zn.device)
+        logits = (zn @ zn.T / tau).masked_fill(eye, float("-inf"))
+        owner = torch.arange(n_prompts, device=zn.device).repeat_interleave(n_langs)
+        positive = (owner[:, None] == owner[None, :]) & ~eye
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        rows = -log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)
+        if weights is None:
+            return rows.mean()
+        w = torch.as_tensor(weights).to(rows).repeat(n_prompts)
+        return (rows * w).sum() / w.sum().clamp_min(_EPS)
+
+
 def mlc_floor(n_langs: int, tau: float = 0.2) -> float:
     """The official loss at perfect collinearity: log(1 + (L - 1) e^{-1/tau})."""
     return math.log1p((n_langs - 1) * math.exp(-1.0 / tau))
@@ -179,7 +211,30 @@ def mlc_objective(z: Tensor | list[Tensor], config: MLCConfig,
     """The variant ``config.variant`` of the MLC term (without lambda)."""
     if config.variant == "cosine":
         return pairwise_cosine_loss(z, weights)
+    if config.variant == "contrastive":
+        return contrastive_loss(z, config.tau, weights)
     return mlc_loss(z, config.tau, weights)
+
+
+def mlc_term(z: Tensor, n_langs: int, config: MLCConfig,
+             weights: Tensor | Sequence[float] | None = None) -> Tensor:
+    """The MLC term of one batch of prompt groups: ``z`` holds the extracted rows prompt-major
+    (all languages of prompt 0, then prompt 1, ...), as ``encode_mlc`` lays them out.
+
+    Every entry point (``mlcwb.train`` and the trl bridge) computes the term here, so one config
+    gives one loss whichever trainer runs it.
+    """
+    if z.shape[0] % n_langs:
+        raise ConfigError(f"{z.shape[0]} MLC rows do not split into groups of {n_langs} languages.")
+    return mlc_objective(z.reshape(-1, n_langs, z.shape[-1]), config, weights)
+
+
+def use_buckets(config: MLCConfig | None, device: torch.device) -> bool:
+    """Length buckets for the MLC forward: on a CPU (cost follows positions), not on a GPU, where
+    one padded batch of a few thousand positions beats several kernel launches."""
+    if config is None or config.buckets == "none":
+        return False
+    return config.buckets == "length" or device.type == "cpu"
 
 
 class Extractor(nn.Module):
@@ -347,6 +402,6 @@ def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tens
 __all__ = [
     "BATCHINGS", "BUCKETINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS",
     "backbone", "computed_positions", "full_precision", "language_weights", "length_buckets",
-    "mlc_floor", "mlc_loss", "mlc_objective", "pairwise_cosine_loss", "position_ids",
-    "prompt_states", "shared_prefix",
+    "contrastive_loss", "mlc_floor", "mlc_loss", "mlc_objective", "mlc_term",
+    "pairwise_cosine_loss", "position_ids", "prompt_states", "shared_prefix", "use_buckets",
 ]

@@ -42,8 +42,9 @@ from tqdm.auto import tqdm
 from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
 from mlcwb.extract import encode_with_content, pool_hidden
 from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from mlcwb.mlc import (Extractor, MLCConfig, computed_positions, language_weights, mlc_objective,
-                       position_ids, prompt_states, shared_prefix)
+from mlcwb.collapse import CollapseWatch, batch_distinctness
+from mlcwb.mlc import (Extractor, computed_positions, language_weights, mlc_term, position_ids,
+                       prompt_states, shared_prefix, use_buckets)
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.train_config import REFUSAL, TrainConfig
 
@@ -534,7 +535,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     module = TrainModule(model, extractor, mlc_cfg.layer if mlc_cfg else -1,
                          mlc_cfg.pooling if mlc_cfg else "last",
                          mlc_cfg.batching if mlc_cfg else "separate", pad_id,
-                         bucketed=_bucketed(mlc_cfg, accelerator.device))
+                         bucketed=use_buckets(mlc_cfg, accelerator.device))
 
     ckpt = latest_checkpoint(output_dir) if config.resume else None
     saved: dict[str, Any] | None = None
@@ -586,6 +587,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
         return {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     params = [p for group in groups for p in group["params"]]
+    watch = CollapseWatch()
     bar = tqdm(range(start, total), desc=f"train {config.align}{'+mlc' if mlc_cfg else ''}",
                initial=start, total=total, disable=not accelerator.is_local_main_process)
     for step in bar:
@@ -625,11 +627,12 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
             row["align_loss"] = float(align_loss.detach())
         if use_mlc:
             n_langs = len(data.langs)
-            z = out["z"].view(-1, n_langs, out["z"].shape[-1])
-            mlc_value = mlc_objective(z, mlc_cfg, weights)
+            mlc_value = mlc_term(out["z"], n_langs, mlc_cfg, weights)
             with torch.no_grad():
-                ref_z = reference(out["states"].detach()).view(-1, n_langs, z.shape[-1])
-                row["mlc_loss_ref"] = float(mlc_objective(ref_z, mlc_cfg, weights))
+                row["mlc_loss_ref"] = float(mlc_term(reference(out["states"].detach()), n_langs,
+                                                     mlc_cfg, weights))
+            row.update(batch_distinctness(out["states"], n_langs))
+            watch.check(row)
             loss = loss + mlc_cfg.lam * mlc_value
             row["mlc_loss"] = float(mlc_value.detach())
         row["loss"] = float(loss.detach())
@@ -657,14 +660,6 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
                     shutil.rmtree(old, ignore_errors=True)
     bar.close()
     return _finish(accelerator, module, tokenizer, output_dir, total, ckpt, saved)
-
-
-def _bucketed(mlc: MLCConfig | None, device: torch.device) -> bool:
-    """Length buckets for the MLC forward: on a CPU (cost follows positions), not on a GPU, where
-    one padded batch of a few thousand positions beats several kernel launches."""
-    if mlc is None or mlc.buckets == "none":
-        return False
-    return mlc.buckets == "length" or device.type == "cpu"
 
 
 def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, module: TrainModule) -> int:

@@ -8,8 +8,11 @@
                             mlc_config=MLCConfig(), mlc_prompts=[[en, zh, ...], ...])
 
 It adds ``lam * MLC`` every ``aux_every`` optimizer steps, from a prompt-only backbone forward of
-the next group of multilingual prompts (the same ``prompt_states`` + ``Extractor`` + loss code as
-``mlcwb.train``), and puts the extractor into the optimizer with its own learning rate.
+the next group of multilingual prompts, and puts the extractor into the optimizer with its own
+learning rate. The forward (length buckets included), the extractor and the term itself
+(``mlc_term``, language weights included) are ``mlcwb.train``'s, so one config gives one loss
+through either entry point. ``mlc_langs`` names the languages of each group, in order; it is
+needed only when ``MLCConfig.lang_weights`` is set.
 It is meant for single-process runs; ``mlcwb.train`` is the path for accelerate's multi-GPU engines.
 """
 
@@ -18,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mlcwb.errors import ConfigError
-from mlcwb.mlc import Extractor, MLCConfig, mlc_objective, prompt_states
+from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, prompt_states, use_buckets
 from mlcwb.train import encode_mlc
 
 
@@ -30,7 +34,7 @@ class MLCTrainerMixin:
 
     def __init__(self, *args: Any, mlc_config: MLCConfig | None = None,
                  mlc_prompts: Sequence[Sequence[str]] = (), mlc_chat_template: bool = True,
-                 **kwargs: Any):
+                 mlc_langs: Sequence[str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.mlc_config = (mlc_config or MLCConfig()).validate()
         self.mlc_prompts = [list(group) for group in mlc_prompts]
@@ -39,6 +43,10 @@ class MLCTrainerMixin:
             raise ConfigError(f"mlc_prompts needs at least mlc.batch_size={self.mlc_config.batch_size} "
                               f"groups, each with the same number (>= 2) of language variants.")
         self.mlc_chat_template = mlc_chat_template
+        if self.mlc_config.lang_weights and (mlc_langs is None or len(mlc_langs) != len(self.mlc_prompts[0])):
+            raise ConfigError("mlc.lang_weights needs mlc_langs: the language of each variant in a "
+                              "group, in order.")
+        self.mlc_weights = language_weights(list(mlc_langs or []), self.mlc_config.lang_weights)
         hidden = self.model.config.get_text_config().hidden_size
         self.mlc_extractor = Extractor(hidden, self.mlc_config.extractor_dim, self.mlc_config.extractor,
                                        seed=getattr(self.args, "seed", 0)).to(self.model.device)
@@ -65,9 +73,10 @@ class MLCTrainerMixin:
         unwrapped = self.accelerator.unwrap_model(model)
         batch = {k: v.to(unwrapped.device) for k, v in batch.items()}
         states = prompt_states(unwrapped, batch["input_ids"], batch["attention_mask"],
-                               self.mlc_config.layer, self.mlc_config.pooling, batch["content_mask"])
-        z = self.mlc_extractor.to(states.device)(states).view(len(groups), len(groups[0]), -1)
-        return mlc_objective(z, self.mlc_config)
+                               self.mlc_config.layer, self.mlc_config.pooling, batch["content_mask"],
+                               bucketed=use_buckets(self.mlc_config, states_device(unwrapped)))
+        z = self.mlc_extractor.to(states.device)(states)
+        return mlc_term(z, len(groups[0]), self.mlc_config, self.mlc_weights)
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -85,6 +94,10 @@ class MLCTrainerMixin:
         if self.mlc_last is not None and "loss" in logs:
             logs = {**logs, "mlc_loss": self.mlc_last}
         super().log(logs, *args, **kwargs)
+
+
+def states_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 def mlc_trainer(base: type) -> type:

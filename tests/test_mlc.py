@@ -167,3 +167,104 @@ def test_prompt_states_match_extract_and_carry_gradients(tiny_llama):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     with pytest.raises(ConfigError, match="out of range"):
         prompt_states(model, enc["input_ids"], enc["attention_mask"], layer=9)
+
+
+# --------------------------------------------------------------------------- contrastive variant
+
+def _groups(n_prompts: int, n_langs: int, dim: int = 16, noise: float = 0.0, seed: int = 0):
+    """Each prompt one random direction, its languages that direction plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n_prompts, 1, dim, generator=g)
+    return base + noise * torch.randn(n_prompts, n_langs, dim, generator=g)
+
+
+def test_contrastive_penalises_collapse_that_the_official_loss_rewards():
+    from mlcwb.mlc import contrastive_loss
+
+    distinct = _groups(4, 5)                       # translations collinear, prompts apart
+    collapsed = _groups(1, 5).expand(4, 5, 16)     # every prompt the same direction
+    assert mlc_loss(collapsed).item() == pytest.approx(mlc_loss(distinct).item(), abs=1e-5)
+    assert mlc_loss(collapsed).item() == pytest.approx(mlc_floor(5), abs=1e-4)
+    worst = math.log(4 * 5 - 1)                    # all rows identical: each positive 1 of 19
+    assert contrastive_loss(collapsed).item() == pytest.approx(worst, abs=1e-4)
+    assert contrastive_loss(distinct).item() < worst - 1.0
+
+
+def test_contrastive_gradient_pushes_collapsed_prompts_apart():
+    from mlcwb.mlc import contrastive_loss
+
+    g = torch.Generator().manual_seed(1)
+    z = (_groups(1, 3, seed=1).expand(3, 3, 16) + 0.1 * torch.randn(3, 3, 16, generator=g)).requires_grad_()
+    opt = torch.optim.Adam([z], lr=0.1)
+    first = contrastive_loss(z).item()
+    for _ in range(30):
+        opt.zero_grad()
+        contrastive_loss(z).backward()
+        opt.step()
+    zn = torch.nn.functional.normalize(z.detach(), dim=-1)
+    across = (zn[0, 0] @ zn[1, 0]).item()
+    assert contrastive_loss(z).item() < first - 0.3 and across < 0.9
+
+
+def test_contrastive_needs_two_prompts_and_weights_change_it():
+    from mlcwb.mlc import contrastive_loss
+
+    with pytest.raises(ConfigError, match="mlc.batch_size"):
+        contrastive_loss(torch.randn(1, 3, 8))
+    z = _groups(3, 3, noise=0.8, seed=2)
+    plain = contrastive_loss(z).item()
+    assert contrastive_loss(z, weights=[2.0, 2.0, 2.0]).item() == pytest.approx(plain, abs=1e-6)
+    assert contrastive_loss(z, weights=[1.0, 0.0, 3.0]).item() != pytest.approx(plain, abs=1e-4)
+
+
+def test_mlc_term_reads_prompt_major_rows_for_every_variant():
+    from mlcwb.mlc import mlc_term
+
+    z = _groups(3, 4, noise=0.5, seed=3)
+    flat = z.reshape(12, 16)
+    for variant in ("official", "cosine", "contrastive"):
+        cfg = MLCConfig(variant=variant)
+        assert mlc_term(flat, 4, cfg).item() == pytest.approx(mlc_objective(z, cfg).item(), abs=1e-6)
+    with pytest.raises(ConfigError, match="groups of 5"):
+        mlc_term(flat, 5, MLCConfig())
+
+
+# --------------------------------------------------------------------------- collapse diagnostics
+
+def test_batch_distinctness_separates_collapse_from_consistency():
+    from mlcwb.collapse import batch_distinctness
+
+    healthy = batch_distinctness(_groups(4, 3, noise=0.1).reshape(12, 16), 3)
+    collapsed = batch_distinctness(_groups(1, 3, noise=0.1).expand(4, 3, 16).reshape(12, 16), 3)
+    assert healthy["retrieval"] == 1.0 and healthy["margin"] > 0.5
+    assert collapsed["prompt_cos"] > 0.98 and abs(collapsed["margin"]) < 0.05
+    assert collapsed["retrieval"] <= 0.5
+
+
+def test_opening_diversity_flags_one_opening_everywhere():
+    import pandas as pd
+
+    from mlcwb.collapse import opening, opening_diversity
+
+    assert opening("Hey there, I'm here to help you!") == "hey there i m"
+    frame = pd.DataFrame({
+        "lang": ["en"] * 4 + ["zh"] * 4,
+        "response": ["I'm sorry, but I can't help.", "Paris is the capital.", "Sure: step one",
+                     "I'm sorry, but I can't do that.",
+                     "嗨，我是来帮助你的", "嗨，我是来帮助你的！", "嗨，我是来帮助你的。", "巴黎"]})
+    div = opening_diversity(frame)
+    assert div.loc["en", "top_opening_share"] == 0.5 and not div.loc["en", "collapsed"]
+    assert div.loc["zh", "top_opening_share"] == 0.75 and div.loc["zh", "collapsed"]
+
+
+def test_collapse_watch_warns_once_when_prompts_merge(caplog):
+    from mlcwb.collapse import CollapseWatch
+
+    watch = CollapseWatch(threshold=0.98)
+    rows = [{"step": 1, "prompt_cos": 0.87}, {"step": 2, "prompt_cos": 0.95},
+            {"step": 3, "prompt_cos": 0.99}, {"step": 4, "prompt_cos": 0.999}]
+    with caplog.at_level("WARNING", logger="mlcwb.collapse"):
+        flags = [watch.check(r) for r in rows]
+    assert flags == [False, False, True, False]
+    assert "collapsing" in caplog.text and "step 3" in caplog.text
+    assert not CollapseWatch().check({"step": 1, "prompt_cos": 0.99})  # started there: no news

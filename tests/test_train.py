@@ -348,6 +348,43 @@ def test_mixin_adds_lambda_times_mlc_to_the_parent_loss(tiny_llama):
         Trainer(model, SimpleNamespace(seed=0), tok, mlc_prompts=[["only one"]])
 
 
+@pytest.mark.parametrize("variant", ["official", "contrastive"])
+def test_trainer_and_trl_bridge_compute_one_mlc_term(tiny_llama, variant):
+    """Same model, batch and config (language weights, length buckets) -> the same loss."""
+    from types import SimpleNamespace
+
+    from mlcwb.mlc import language_weights, mlc_term, use_buckets
+    from mlcwb.trl_bridge import MLCTrainerMixin
+
+    model, tok = tiny_llama
+    langs = ["en", "de", "fr"]
+    groups = [["hello there", "hallo du da drüben", "bonjour"], ["bye", "tschüss", "au revoir à tous"]]
+    cfg = MLCConfig(batch_size=2, extractor_dim=8, lang_weights={"de": 2.0, "fr": 0.5},
+                    buckets="length", variant=variant)
+
+    module = TrainModule(model, Extractor(64, 8, "linear", seed=0), cfg.layer, cfg.pooling,
+                         bucketed=use_buckets(cfg, torch.device("cpu")))
+    out = module(mlc=encode_mlc(tok, groups, True))
+    from_trainer = mlc_term(out["z"], len(langs), cfg, language_weights(langs, cfg.lang_weights))
+
+    class Parent:
+        def __init__(self, model, args, processing_class):
+            self.model, self.args, self.processing_class = model, args, processing_class
+            self.state = SimpleNamespace(global_step=0)
+            self.accelerator = SimpleNamespace(unwrap_model=lambda m: m)
+
+    bridge = type("Bridge", (MLCTrainerMixin, Parent), {})(
+        model, SimpleNamespace(seed=0, learning_rate=1e-3), tok, mlc_config=cfg,
+        mlc_prompts=groups, mlc_langs=langs)
+    from_bridge = bridge.mlc_term(model, 0)
+    assert from_bridge.item() == pytest.approx(from_trainer.item(), abs=1e-6)
+    unweighted = mlc_term(out["z"], len(langs), cfg)
+    assert abs(unweighted.item() - from_trainer.item()) > 1e-4  # the weights do enter both
+    with pytest.raises(ConfigError, match="mlc_langs"):
+        type("Bridge", (MLCTrainerMixin, Parent), {})(
+            model, SimpleNamespace(seed=0, learning_rate=1e-3), tok, mlc_config=cfg, mlc_prompts=groups)
+
+
 @pytest.mark.slow
 def test_trl_sft_trainer_with_mlc_runs_two_steps(tmp_path, tiny_llama):
     from datasets import Dataset
