@@ -1,0 +1,123 @@
+"""The experiment the workbench exists for: arms trained from one seed on one data set.
+
+Every arm starts from the same model with the same seed, prompts and order; only the objective
+differs, so their differences are the objectives' doing:
+
+* ``align``: English-only alignment (SFT or DPO), no MLC: the paper's baseline;
+* ``mlc``: the same alignment + λ·MLC in one pass (the paper's "joint");
+* ``mlc_seq``: the alignment pass, then an MLC-only pass (the paper's "sequential");
+* ``mlc_only``: MLC alone, no alignment data: does consistency by itself carry the safety the
+  model already shows in English into the other languages? It is also where collapse shows first
+  (``mlcwb.collapse``).
+
+An arm's run directory is ``OUTPUT/<arm>``. Rerunning resumes an interrupted arm from its last
+checkpoint, reuses a finished one, and starts over where the configuration changed, so a notebook
+stage that dies mid-training costs only the steps since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from mlcwb.errors import ConfigError
+from mlcwb.io import read_jsonl
+from mlcwb.mlc import MLCConfig
+from mlcwb.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from mlcwb.data import PromptSet
+
+log = logging.getLogger(__name__)
+
+ARMS = ("align", "mlc", "mlc_seq", "mlc_only")
+_IGNORED = {"resume", "output_dir"}  # may differ between a run and its rerun
+
+
+@dataclass
+class ArmResult:
+    """Where an arm's final checkpoint is, and its training log (the model is not kept: arms of a
+    0.5B model would not fit in memory together)."""
+
+    name: str
+    final_dir: Path
+    steps: int
+    log: list[dict]
+    reused: bool = False
+    resumed_from: int = 0  # the step an interrupted run was resumed from (0: none)
+
+
+def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
+                mlc_only_lr: float | None = None) -> dict[str, TrainConfig]:
+    """One TrainConfig per arm, derived from ``base`` (alignment settings, MLC languages in
+    ``base.langs``) and ``mlc``. The MLC-only arm adds its term every step (there is no alignment
+    step to interleave with) and may take its own learning rate."""
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ConfigError(f"Unknown arms {unknown}; choose from {list(ARMS)}.")
+    if base.align == "none" and set(arms) - {"mlc_only"}:
+        raise ConfigError("base.align is 'none': only the mlc_only arm can be trained without "
+                          "an alignment loss.")
+    root = Path(base.output_dir)
+    derived = {
+        "align": lambda: base.replace(mlc=None, schedule="joint"),
+        "mlc": lambda: base.replace(mlc=mlc, schedule="joint"),
+        "mlc_seq": lambda: base.replace(mlc=mlc, schedule="sequential"),
+        "mlc_only": lambda: base.replace(
+            mlc=dataclasses.replace(mlc, aux_every=1), align="none", schedule="joint",
+            lr=base.lr if mlc_only_lr is None else mlc_only_lr),
+    }
+    return {arm: derived[arm]().replace(output_dir=str(root / arm)) for arm in arms}
+
+
+def _saved_config(output_dir: Path) -> dict | None:
+    path = output_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _same_run(saved: dict, config: TrainConfig) -> bool:
+    now = config.to_dict()
+    return {k: v for k, v in saved.items() if k not in _IGNORED} == \
+        {k: v for k, v in now.items() if k not in _IGNORED}
+
+
+def train_arm(name: str, config: TrainConfig, prompts: PromptSet | None = None) -> ArmResult:
+    """Train one arm, resuming or reusing what an earlier run of the same configuration left."""
+    from mlcwb.train import train
+
+    out = Path(config.output_dir)
+    saved = _saved_config(out)
+    if saved is not None and not _same_run(saved, config):
+        log.info("%s: the configuration changed since %s was written; starting over", name, out)
+        shutil.rmtree(out)
+        saved = None
+    if saved is not None and (out / "summary.json").is_file() and (out / "final" / "config.json").is_file():
+        rows = read_jsonl(out / "log.jsonl", skip_partial_last=True) if (out / "log.jsonl").is_file() else []
+        log.info("%s: finished earlier in %s; reusing it", name, out)
+        return ArmResult(name, out / "final", max((r["step"] for r in rows), default=0), rows, True)
+    result = train(config.replace(resume=True), prompts=prompts)
+    return ArmResult(name, result.final_dir, result.steps, result.log,
+                     resumed_from=result.resumed_from)
+
+
+def train_arms(configs: dict[str, TrainConfig], prompts: PromptSet | None = None) -> dict[str, ArmResult]:
+    """Every arm in order (see ``train_arm``); the trained models are freed between arms."""
+    import gc
+
+    results = {}
+    for name, config in configs.items():
+        results[name] = train_arm(name, config, prompts)
+        gc.collect()
+    return results
+
+
+__all__ = ["ARMS", "ArmResult", "arm_configs", "train_arm", "train_arms"]

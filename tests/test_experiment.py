@@ -1,0 +1,72 @@
+"""The experiment's arms: derived from one base config, resumed, reused or restarted on rerun."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlcwb.errors import ConfigError
+from mlcwb.experiment import ARMS, arm_configs, train_arm, train_arms
+from mlcwb.io import read_jsonl, write_jsonl
+from mlcwb.mlc import MLCConfig
+from tests.test_train import tiny_config, tiny_prompts
+
+
+def test_arms_differ_only_in_their_objective(tmp_path):
+    base = tiny_config(tmp_path, align="sft")
+    mlc = MLCConfig(batch_size=2, extractor_dim=16, aux_every=2, variant="contrastive")
+    configs = arm_configs(base, mlc, ARMS, mlc_only_lr=5e-4)
+    assert configs["align"].mlc is None and configs["align"].align == "sft"
+    assert configs["mlc"].mlc == mlc and configs["mlc"].schedule == "joint"
+    assert configs["mlc_seq"].schedule == "sequential"
+    only = configs["mlc_only"]
+    assert only.align == "none" and only.mlc.aux_every == 1 and only.lr == 5e-4
+    assert only.mlc.variant == "contrastive"
+    for name, cfg in configs.items():
+        assert Path(cfg.output_dir) == Path(base.output_dir) / name
+        assert (cfg.seed, cfg.langs, cfg.max_prompts) == (base.seed, base.langs, base.max_prompts)
+    with pytest.raises(ConfigError, match="Unknown arms"):
+        arm_configs(base, mlc, ["dpo_plus"])
+
+
+@pytest.mark.slow
+def test_rerun_reuses_finished_arms_and_restarts_changed_ones(tmp_path):
+    base = tiny_config(tmp_path, align="sft", max_steps=2)
+    configs = arm_configs(base, MLCConfig(batch_size=2, extractor_dim=16), ["align", "mlc_only"])
+    first = train_arms(configs, tiny_prompts())
+    stamp = (first["align"].final_dir / "model.safetensors").stat().st_mtime_ns
+    again = train_arms(configs, tiny_prompts())
+    assert again["align"].reused and again["mlc_only"].reused
+    assert (again["align"].final_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [r["step"] for r in again["align"].log] == [1, 2]
+    changed = train_arm("align", configs["align"].replace(lr=5e-4), tiny_prompts())
+    assert not changed.reused and changed.steps == 2
+    assert (changed.final_dir / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+@pytest.mark.slow
+def test_interrupted_arm_resumes_to_the_weights_of_an_unbroken_run(tmp_path):
+    """What a kill after step 2 of 4 leaves (checkpoints up to step 2, a longer log, no final)
+    is resumed by the rerun to the same weights as a run that was never stopped."""
+    mlc = MLCConfig(batch_size=2, extractor_dim=16, aux_every=1)
+    broken = arm_configs(tiny_config(tmp_path / "a", align="sft", save_every=1, keep_checkpoints=4,
+                                     max_steps=4), mlc, ["mlc"])["mlc"]
+    unbroken = arm_configs(tiny_config(tmp_path / "b", align="sft", max_steps=4), mlc, ["mlc"])["mlc"]
+    train_arm("mlc", broken, tiny_prompts())
+    out = Path(broken.output_dir)
+    for step_dir in sorted((out / "steps").iterdir())[2:]:
+        shutil.rmtree(step_dir)
+    shutil.rmtree(out / "final")
+    (out / "summary.json").unlink()
+    write_jsonl(out / "log.jsonl", read_jsonl(out / "log.jsonl")[:3])  # step 3 logged, not saved
+    resumed = train_arm("mlc", broken, tiny_prompts())
+    reference = train_arm("mlc", unbroken, tiny_prompts())
+    assert resumed.resumed_from == 2 and not resumed.reused
+    assert [r["step"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3, 4]
+    want = load_file(reference.final_dir / "model.safetensors")
+    for name, value in load_file(resumed.final_dir / "model.safetensors").items():
+        assert torch.allclose(value, want[name], atol=1e-6, rtol=0), name
