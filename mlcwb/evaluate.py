@@ -9,7 +9,9 @@ is appended to a JSONL file at once, so an interrupted run resumes where it stop
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, DataError, EvaluationError
-from mlcwb.io import append_jsonl, read_jsonl, write_jsonl
+from mlcwb.io import append_jsonl, atomic_path, read_jsonl, write_jsonl
 from mlcwb.models import encode_prompts, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -196,4 +198,36 @@ def load_responses(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(path, skip_partial_last=True), columns=COLUMNS)
 
 
-__all__ = ["COLUMNS", "generate", "generate_texts", "load_responses", "settings_dict"]
+JUDGED_COLUMNS = [*COLUMNS, "refused", "verdict", "reason", "judge", "judge_version"]
+
+
+def judged_csv_path(responses_path: str | Path, judge_name: str) -> Path:
+    """``<responses stem>.<judge name>.csv`` beside the responses' JSONL.
+
+    One file per judge, so the verdicts of two judges on the same responses sit side by side
+    instead of overwriting each other.
+    """
+    path = Path(responses_path)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", judge_name).strip("_") or "judge"
+    return path.with_name(f"{path.stem}.{slug}.csv")
+
+
+def save_judged(judged: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``apply_judge`` output as CSV (atomically), one row per response.
+
+    CSV because the judged rows are what people open in a spreadsheet to check a verdict; each
+    row carries the judge's name and version, so a file stays interpretable on its own.
+    """
+    missing = [c for c in JUDGED_COLUMNS if c not in judged.columns]
+    if missing:
+        raise DataError(f"Judged rows lack columns {missing}; pass the output of "
+                        f"mlcwb.judges.apply_judge(frame, judge).")
+    frame = judged[JUDGED_COLUMNS].copy()
+    frame["settings"] = [json.dumps(s, sort_keys=True) for s in frame["settings"]]
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+__all__ = ["COLUMNS", "JUDGED_COLUMNS", "generate", "generate_texts", "judged_csv_path",
+           "load_responses", "save_judged", "settings_dict"]

@@ -6,26 +6,37 @@ aligned in English often refuses in English whatever it was asked in), text norm
 for "complies after an apology", and handling of empty and looping output. Its precision and
 recall are measured on a labelled set kept in ``data/judge_calibration.jsonl``. Two model judges
 plug in behind the same interface: any local Hugging Face chat or classifier model with a judge
-prompt (Llama Guard style), and any OpenAI-compatible HTTP endpoint. Every verdict carries the
-judge's name and a reason, so a number in a table can be traced back to responses.
+prompt (Llama Guard style), and any OpenAI-compatible HTTP endpoint; ``make_judge`` picks one
+from a spec string (``markers``, ``hf:<model>``, ``http:<base url>#<model>``). The model judges
+cache their verdicts on disk by judge name and version, prompt and response, so judging the same
+responses again costs nothing. Every verdict carries the judge's name and a reason, and every
+judged row the judge's version, so a number in a table can be traced back to responses.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import email.utils
+import hashlib
 import json
 import logging
+import os
 import re
+import threading
 import time
 import unicodedata
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, DataError, EvaluationError
 from mlcwb.io import read_jsonl
@@ -34,6 +45,7 @@ from mlcwb.paths import data_dir
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "judge_calibration.jsonl"
+CACHE_ENV = "MLCWB_CACHE_DIR"  # the same variable that moves mlcwb.models' cache
 
 
 @dataclass(frozen=True)
@@ -51,10 +63,20 @@ class Verdict:
 
 
 class Judge(Protocol):
+    """What every judge has: a ``name`` and a ``version`` that together say which verdicts are
+    comparable (they go into every judged row and every cache key), and ``judge``."""
+
     name: str
+    version: str
 
     def judge(self, responses: Sequence[str], langs: Sequence[str] | None = None,
               prompts: Sequence[str] | None = None) -> list[Verdict]: ...
+
+
+def _short_hash(*parts: Any) -> str:
+    """12 hex digits of the sha256 of ``parts`` as JSON: a judge version or a cache key."""
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +275,15 @@ def marker_languages() -> list[str]:
     return sorted(REFUSAL)
 
 
+def marker_version(window: int = 160, pivot_words: int = 6) -> str:
+    """A hash of the marker tables and the decision settings: the marker judge's version.
+
+    Editing one marker can flip verdicts, so judged rows written before and after the edit must
+    say they came from different judges.
+    """
+    return _short_hash(REFUSAL, REDIRECT, PIVOT, window, pivot_words)
+
+
 @lru_cache(maxsize=None)
 def _compiled(kind: str) -> list[tuple[str, str, re.Pattern]]:
     """(language, marker, pattern); Latin/Cyrillic markers match whole words, others substrings."""
@@ -329,6 +360,7 @@ class RefusalJudge:
     def __init__(self, window: int = 160, pivot_words: int = 6) -> None:
         self.window = window
         self.pivot_words = pivot_words
+        self.version = marker_version(window, pivot_words)
 
     def judge_one(self, response: str) -> Verdict:
         text = normalize(response or "")
@@ -403,18 +435,124 @@ def _judge_inputs(responses: Sequence[str], prompts: Sequence[str] | None) -> li
     return [JUDGE_TEMPLATE.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
 
 
+def default_cache_dir() -> Path:
+    """Where model judges keep their verdicts: ``$MLCWB_CACHE_DIR/judges`` (default
+    ``~/.cache/mlcwb/judges``), beside the model cache, so a verdict bought once is kept."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlcwb"
+    return Path(root) / "judges"
+
+
+class VerdictCache:
+    """Verdicts on disk, one JSON line each, keyed by (judge name + version, prompt, response).
+
+    A model judge costs money (an API) or minutes (a local model) per verdict, and judging is
+    often rerun on the same responses (a new table, a crashed run), so each verdict is appended
+    the moment it arrives and a rerun sends nothing already judged. Appends are one write of one
+    complete line under a lock, flushed and fsynced, so threads never interleave lines and a
+    killed run loses at most the line being written; a torn line is skipped on reading and
+    closed with a newline before the next append. ``path=None`` keeps verdicts in memory only.
+    Unparsed verdicts (``refused is None``) are not stored, so a rerun asks again.
+    """
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._verdicts: dict[str, Verdict] = {}
+        if self.path is not None and self.path.is_file():
+            self._load(self.path)
+
+    @staticmethod
+    def key(judge: str, version: str, prompt: str, response: str) -> str:
+        return _short_hash(judge, version, prompt, response)
+
+    def _load(self, path: Path) -> None:
+        torn = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                self._verdicts[row["key"]] = Verdict(row["refused"], row["label"], row["reason"],
+                                                     row["judge"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                torn += bool(line.strip())
+        if torn:
+            log.warning("%s: skipped %d unreadable line(s) (an interrupted write)", path, torn)
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
+    def get(self, key: str) -> Verdict | None:
+        return self._verdicts.get(key)
+
+    def put(self, key: str, verdict: Verdict) -> None:
+        if verdict.refused is None:
+            return
+        line = json.dumps({"key": key, "refused": verdict.refused, "label": verdict.label,
+                           "reason": verdict.reason, "judge": verdict.judge}, ensure_ascii=False)
+        with self._lock:
+            self._verdicts[key] = verdict
+            if self.path is None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as fh:
+                if fh.tell() and not _ends_with_newline(self.path):
+                    fh.write(b"\n")
+                fh.write(line.encode("utf-8") + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def _cache_for(judge: Any, cache: str | Path | bool | None) -> VerdictCache:
+    """``True``/``None``: the default file for this judge's name and version under
+    ``default_cache_dir()``; ``False``: memory only; a path: that file."""
+    if cache is False:
+        return VerdictCache(None)
+    if cache is None or cache is True:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", judge.name).strip("_")
+        return VerdictCache(default_cache_dir() / f"{slug}-{judge.version}.jsonl")
+    return VerdictCache(cache)
+
+
+def _lookup(judge: Any, responses: Sequence[str], prompts: Sequence[str] | None
+            ) -> tuple[list[str], list[Verdict | None]]:
+    """Cache keys of every (prompt, response) and the verdicts already known (None: to judge)."""
+    prompts = prompts if prompts is not None else [""] * len(responses)
+    keys = [VerdictCache.key(judge.name, judge.version, p or "", r or "")
+            for p, r in zip(prompts, responses)]
+    known = [judge.cache.get(k) for k in keys]
+    hits = sum(v is not None for v in known)
+    if hits:
+        log.info("judge %s: %d of %d verdicts from %s", judge.name, hits, len(keys),
+                 judge.cache.path or "memory")
+    return keys, known
+
+
 class HFJudge:
     """A local Hugging Face model as judge: a chat model prompted to answer REFUSAL/COMPLIANCE,
     or a sequence classifier whose label names are verdict words.
+
+    ``version`` hashes the weights' fingerprint and the judge prompt, so cached verdicts of a
+    fine-tuned or re-prompted judge are never reused. ``cache``: see ``_cache_for``.
     """
 
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None,
-                 max_new_tokens: int = 8, batch_size: int = 8) -> None:
+                 max_new_tokens: int = 8, batch_size: int = 8,
+                 cache: str | Path | bool | None = False) -> None:
+        from mlcwb.models import model_fingerprint
+
         self.model, self.tokenizer = model, tokenizer
         self.name = name or f"hf:{getattr(model, 'mlcwb_name', None) or model.config.name_or_path}"
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.classifier = any(a.endswith("ForSequenceClassification")
                               for a in (model.config.architectures or [type(model).__name__]))
+        self.version = _short_hash(model_fingerprint(model), JUDGE_INSTRUCTIONS, JUDGE_TEMPLATE,
+                                   max_new_tokens)
+        self.cache = _cache_for(self, cache)
 
     def _classify(self, texts: list[str]) -> list[Verdict]:
         import torch
@@ -435,39 +573,92 @@ class HFJudge:
                                self.name))
         return out
 
-    def judge(self, responses: Sequence[str], langs: Sequence[str] | None = None,
-              prompts: Sequence[str] | None = None) -> list[Verdict]:
+    def _judge_batch(self, texts: list[str]) -> list[Verdict]:
         from mlcwb.evaluate import generate_texts
 
+        if self.classifier:
+            return self._classify(texts)
+        outputs = generate_texts(self.model, self.tokenizer,
+                                 [f"{JUDGE_INSTRUCTIONS}\n\n{t}" for t in texts],
+                                 max_new_tokens=self.max_new_tokens)
+        return [parse_verdict(o, self.name) for o in outputs]
+
+    def judge(self, responses: Sequence[str], langs: Sequence[str] | None = None,
+              prompts: Sequence[str] | None = None, progress: bool = True) -> list[Verdict]:
         texts = _judge_inputs(responses, prompts)
-        verdicts: list[Verdict] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = texts[start:start + self.batch_size]
-            if self.classifier:
-                verdicts += self._classify(batch)
-                continue
-            outputs = generate_texts(self.model, self.tokenizer,
-                                     [f"{JUDGE_INSTRUCTIONS}\n\n{t}" for t in batch],
-                                     max_new_tokens=self.max_new_tokens)
-            verdicts += [parse_verdict(o, self.name) for o in outputs]
-        return verdicts
+        keys, verdicts = _lookup(self, responses, prompts)
+        todo = [i for i, v in enumerate(verdicts) if v is None]
+        with tqdm(total=len(todo), desc=f"judge {self.name}",
+                  disable=not progress or not todo) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start:start + self.batch_size]
+                for i, verdict in zip(batch, self._judge_batch([texts[i] for i in batch])):
+                    verdicts[i] = verdict
+                    self.cache.put(keys[i], verdict)
+                bar.update(len(batch))
+        return verdicts  # type: ignore[return-value]  # every None was filled above
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (it may be a number or an HTTP date); None if absent
+    or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
 
 
 class HTTPJudge:
     """An OpenAI-compatible chat-completions endpoint as judge (the paper used GPT-4o).
 
-    Connection errors, timeouts, 429 and 5xx are retried with exponential backoff; other HTTP
-    errors (bad key, unknown model) fail at once, since retrying cannot fix them.
+    Requests run ``max_workers`` at a time, since an API judge is bound by latency, not by this
+    machine. Connection errors, timeouts, 429 and 5xx are retried: after the server's
+    ``Retry-After`` when it sends one (at most ``max_wait`` seconds; a server that says "come
+    back in 1 s" is asking not to be hit sooner), else with exponential backoff. Other HTTP
+    errors (bad key, unknown model) fail at once, since retrying cannot fix them. Verdicts are
+    cached (``cache``: see ``_cache_for``; by default a file per judge name and version), so a
+    rerun on the same responses sends nothing.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 30.0,
-                 retries: int = 3, backoff: float = 1.0, name: str | None = None) -> None:
-        if retries < 0 or timeout <= 0:
-            raise ConfigError("retries must be >= 0 and timeout > 0.")
+                 retries: int = 3, backoff: float = 1.0, name: str | None = None,
+                 max_workers: int = 8, max_wait: float = 60.0,
+                 cache: str | Path | bool | None = None) -> None:
+        if retries < 0 or timeout <= 0 or max_workers < 1:
+            raise ConfigError("retries must be >= 0, timeout > 0 and max_workers >= 1.")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.max_workers, self.max_wait = max_workers, max_wait
         self.name = name or f"http:{model}"
+        self.version = _short_hash(self.url, model, JUDGE_INSTRUCTIONS, JUDGE_TEMPLATE,
+                                   self._payload(""))
+        self.cache = _cache_for(self, cache)
+
+    def _payload(self, text: str) -> dict[str, Any]:
+        return {"model": self.model, "temperature": 0, "max_tokens": 16,
+                "messages": [{"role": "system", "content": JUDGE_INSTRUCTIONS},
+                             {"role": "user", "content": text}]}
+
+    def _wait(self, exc: Exception, attempt: int) -> float:
+        """Seconds before the next attempt: the server's Retry-After if any, else backoff."""
+        headers = getattr(exc, "headers", None)
+        asked = retry_after_seconds(headers.get("Retry-After")) if headers else None
+        if asked is None:
+            return self.backoff * 2 ** attempt
+        if asked > self.max_wait:
+            log.warning("judge %s asks to retry after %.0f s; waiting %.0f s (max_wait)",
+                        self.url, asked, self.max_wait)
+        return min(asked, self.max_wait)
 
     def _post(self, payload: dict) -> dict:
         data = json.dumps(payload).encode()
@@ -476,8 +667,6 @@ class HTTPJudge:
             headers["Authorization"] = f"Bearer {self.api_key}"
         last: Exception | None = None
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as resp:
@@ -494,24 +683,98 @@ class HTTPJudge:
                 raise EvaluationError(f"Judge endpoint {self.url} returned non-JSON ({exc}); is it "
                                       f"an OpenAI-compatible /chat/completions server?") from exc
             log.warning("judge %s attempt %d failed: %s", self.url, attempt + 1, last)
+            if attempt < self.retries:
+                time.sleep(self._wait(last, attempt))
         raise EvaluationError(f"Judge endpoint {self.url} unreachable after {self.retries + 1} "
                               f"attempts (last error: {last}). Check that the server is running "
                               f"and base_url is right, or use RefusalJudge offline.")
 
+    def _judge_text(self, text: str) -> Verdict:
+        reply = self._post(self._payload(text))
+        try:
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EvaluationError(f"Judge endpoint {self.url} answered without "
+                                  f"choices[0].message.content: {str(reply)[:200]}") from exc
+        return parse_verdict(content, self.name)
+
     def judge(self, responses: Sequence[str], langs: Sequence[str] | None = None,
-              prompts: Sequence[str] | None = None) -> list[Verdict]:
-        verdicts = []
-        for text in _judge_inputs(responses, prompts):
-            reply = self._post({"model": self.model, "temperature": 0, "max_tokens": 16,
-                                "messages": [{"role": "system", "content": JUDGE_INSTRUCTIONS},
-                                             {"role": "user", "content": text}]})
+              prompts: Sequence[str] | None = None, progress: bool = True) -> list[Verdict]:
+        """Judge every response not in the cache, ``max_workers`` requests at a time.
+
+        Each verdict is cached as it arrives, so a run stopped by an error keeps what it paid for.
+        """
+        texts = _judge_inputs(responses, prompts)
+        keys, verdicts = _lookup(self, responses, prompts)
+        todo = [i for i, v in enumerate(verdicts) if v is None]
+        with (ThreadPoolExecutor(max_workers=self.max_workers) as pool,
+              tqdm(total=len(todo), desc=f"judge {self.name}", disable=not progress or not todo) as bar):
+            futures = {pool.submit(self._judge_text, texts[i]): i for i in todo}
             try:
-                content = reply["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError) as exc:
-                raise EvaluationError(f"Judge endpoint {self.url} answered without "
-                                      f"choices[0].message.content: {str(reply)[:200]}") from exc
-            verdicts.append(parse_verdict(content, self.name))
-        return verdicts
+                for future in as_completed(futures):
+                    i = futures[future]
+                    verdicts[i] = future.result()
+                    self.cache.put(keys[i], verdicts[i])
+                    bar.update(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return verdicts  # type: ignore[return-value]  # every None was filled above
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a judge by name
+# --------------------------------------------------------------------------------------------
+
+JUDGE_SPECS = ("markers", "hf:<model id or local dir>", "http:<base url>#<model>")
+API_KEY_ENV = "OPENAI_API_KEY"
+
+
+def _spec_error(spec: str, why: str) -> ConfigError:
+    """The error for a bad spec; a ``user:key@`` in it is masked, since messages get logged."""
+    spec = re.sub(r"//[^/@#]*@", "//***@", spec)
+    return ConfigError(f"Judge spec {spec!r}: {why}. Accepted forms: {', '.join(JUDGE_SPECS)} "
+                       f"(e.g. markers, hf:meta-llama/Llama-Guard-3-1B, "
+                       f"http:https://api.openai.com/v1#gpt-4o; the API key comes from "
+                       f"${API_KEY_ENV}, never from the spec).")
+
+
+def _http_parts(spec: str, rest: str) -> tuple[str, str]:
+    """(base url, model) of an ``http:<base url>#<model>`` spec, checked."""
+    url, sep, model = rest.rpartition("#")
+    parts = urllib.parse.urlsplit(url)
+    if not sep or not model.strip():
+        raise _spec_error(spec, "an HTTP judge needs the model after '#'")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _spec_error(spec, f"{url!r} is not an http:// or https:// base URL")
+    if parts.username or parts.password:
+        raise _spec_error(spec, f"credentials do not belong in the URL; set ${API_KEY_ENV}")
+    return url, model.strip()
+
+
+def make_judge(spec: str, device: str = "auto", cache: str | Path | bool | None = None) -> Judge:
+    """The judge a spec names: ``markers`` (``RefusalJudge``), ``hf:<model id or local dir>``
+    (``HFJudge`` on a model ``mlcwb.models.load_model`` accepts, on ``device``) or
+    ``http:<base url>#<model>`` (``HTTPJudge``, key from ``$OPENAI_API_KEY``).
+
+    One string so that the command line, presets and notebooks choose a judge the same way.
+    ``cache`` applies to the model judges (see ``_cache_for``); the marker judge needs none.
+    """
+    spec = (spec or "").strip()
+    kind, sep, rest = spec.partition(":")
+    if spec == "markers":
+        return RefusalJudge()
+    if not sep or kind not in ("hf", "http") or not rest.strip():
+        raise _spec_error(spec, "unknown form" if kind not in ("hf", "http") or not sep
+                          else f"nothing after '{kind}:'")
+    if kind == "hf":
+        from mlcwb.models import load_model
+
+        model, tokenizer = load_model(rest.strip(), device=device)
+        return HFJudge(model, tokenizer, cache=True if cache is None else cache)
+    url, model_name = _http_parts(spec, rest.strip())
+    return HTTPJudge(url, model_name, api_key=os.environ.get(API_KEY_ENV) or None, cache=cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +782,8 @@ class HTTPJudge:
 # --------------------------------------------------------------------------------------------
 
 def apply_judge(frame: pd.DataFrame, judge: Judge) -> pd.DataFrame:
-    """Add ``refused``, ``verdict``, ``reason`` and ``judge`` columns to generation rows."""
+    """Add ``refused``, ``verdict``, ``reason``, ``judge`` and ``judge_version`` columns to
+    generation rows, so every row says which judge (and which edition of it) decided it."""
     if frame.empty:
         raise DataError("No responses to judge.")
     verdicts = judge.judge(frame["response"].fillna("").tolist(), frame["lang"].tolist(),
@@ -529,6 +793,7 @@ def apply_judge(frame: pd.DataFrame, judge: Judge) -> pd.DataFrame:
     out["verdict"] = [v.label for v in verdicts]
     out["reason"] = [v.reason for v in verdicts]
     out["judge"] = [v.judge for v in verdicts]
+    out["judge_version"] = getattr(judge, "version", "")
     return out
 
 
@@ -568,6 +833,8 @@ def calibration_report(judge: Judge | None = None, path: str | Path | None = Non
     return pd.DataFrame(table).T, rows
 
 
-__all__ = ["HFJudge", "HTTPJudge", "JUDGE_INSTRUCTIONS", "Judge", "PIVOT", "REDIRECT", "REFUSAL",
-           "RefusalJudge", "Verdict", "apply_judge", "calibration_report", "collapse_loop",
-           "load_calibration", "marker_languages", "normalize", "parse_verdict"]
+__all__ = ["API_KEY_ENV", "HFJudge", "HTTPJudge", "JUDGE_INSTRUCTIONS", "JUDGE_SPECS", "Judge",
+           "PIVOT", "REDIRECT", "REFUSAL", "RefusalJudge", "Verdict", "VerdictCache", "apply_judge",
+           "calibration_report", "collapse_loop", "default_cache_dir", "load_calibration",
+           "make_judge", "marker_languages", "marker_version", "normalize", "parse_verdict",
+           "retry_after_seconds"]

@@ -129,3 +129,51 @@ def test_batched_greedy_equals_one_at_a_time_default_model(default_model):
     batched = generate_texts(model, tok, prompts, max_new_tokens=20)
     single = [generate_texts(model, tok, [p], max_new_tokens=20)[0] for p in prompts]
     assert batched == single
+
+
+def test_judged_rows_as_csv_carry_judge_name_and_version(tiny_llama, tmp_path):
+    import pandas as pd
+
+    from mlcwb.errors import DataError
+    from mlcwb.evaluate import JUDGED_COLUMNS, judged_csv_path, save_judged
+    from mlcwb.judges import RefusalJudge, apply_judge
+
+    model, tok = tiny_llama
+    out = tmp_path / "eval" / "raw.jsonl"
+    frame = generate(model, tok, _prompt_set(), ["en", "fr"], max_new_tokens=3, out_path=out,
+                     progress=False)
+    judge = RefusalJudge()
+    path = judged_csv_path(out, judge.name)
+    assert path == tmp_path / "eval" / "raw.refusal-markers.csv"
+    assert judged_csv_path(out, "http:gpt-4o").name == "raw.http_gpt-4o.csv"
+    save_judged(apply_judge(frame, judge), path)
+    back = pd.read_csv(path)
+    assert list(back.columns) == JUDGED_COLUMNS and len(back) == 6
+    assert set(back["judge"]) == {"refusal-markers"} and set(back["judge_version"]) == {judge.version}
+    assert json.loads(back["settings"][0]) == frame["settings"][0]
+    with pytest.raises(DataError, match="apply_judge"):
+        save_judged(frame, tmp_path / "x.csv")
+
+
+def test_cli_evaluate_writes_the_judged_csv(tmp_path, capsys):
+    import pandas as pd
+
+    from mlcwb.cli import main
+    from mlcwb.judges import marker_version
+
+    out = tmp_path / "eval.jsonl"
+    assert main(["evaluate", "--model", "tiny-random-llama", "--langs", "en", "--limit", "2",
+                 "--max-new-tokens", "2", "--device", "cpu", "--judge", "markers",
+                 "--out", str(out)]) == 0
+    judged = pd.read_csv(tmp_path / "eval.refusal-markers.csv")
+    assert len(judged) == 2 and set(judged["judge_version"]) == {marker_version()}
+    assert "safety_rate" in capsys.readouterr().out
+
+
+def test_cli_evaluate_rejects_a_bad_judge_before_loading_a_model(tmp_path, capsys):
+    from mlcwb.cli import main
+
+    assert main(["evaluate", "--model", "no-such-model", "--judge", "gpt4",
+                 "--out", str(tmp_path / "e.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "Accepted forms: markers" in err and "no-such-model" not in err

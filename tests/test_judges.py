@@ -11,10 +11,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from mlcwb.errors import EvaluationError
-from mlcwb.judges import (REFUSAL, HFJudge, HTTPJudge, RefusalJudge, apply_judge,
-                          calibration_report, collapse_loop, load_calibration, normalize,
-                          parse_verdict)
+from mlcwb.errors import ConfigError, EvaluationError
+from mlcwb.judges import (REFUSAL, HFJudge, HTTPJudge, RefusalJudge, Verdict, VerdictCache,
+                          apply_judge, calibration_report, collapse_loop, load_calibration,
+                          make_judge, marker_version, normalize, parse_verdict,
+                          retry_after_seconds)
+
+
+@pytest.fixture(autouse=True)
+def _judge_cache_in_tmp(tmp_path, monkeypatch):
+    """Model judges cache under $MLCWB_CACHE_DIR by default: keep each test's cache its own."""
+    monkeypatch.setenv("MLCWB_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_calibration_set_shape():
@@ -133,19 +140,42 @@ def test_hf_classifier_judge_plumbing():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """OpenAI-style /chat/completions: fails the first `fail_first` calls with 503."""
+    """OpenAI-style /chat/completions: fails the first `fail_first` calls with `fail_status`
+    (and a `Retry-After` header when `retry_after` is set), takes `delay` seconds per answer
+    and records how many requests it was serving at once."""
 
     calls = 0
     fail_first = 0
+    fail_status = 503
+    retry_after: str | None = None
+    delay = 0.0
+    in_flight = 0
+    max_in_flight = 0
+    lock = threading.Lock()
     seen: list = []
 
     def do_POST(self):  # noqa: N802 (http.server naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         cls = type(self)
-        cls.calls += 1
-        cls.seen.append(body)
-        if cls.calls <= cls.fail_first:
-            self.send_response(503)
+        with cls.lock:
+            cls.calls += 1
+            cls.seen.append(body)
+            failing = cls.calls <= cls.fail_first
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            time.sleep(cls.delay)
+            self._answer(body, failing)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def _answer(self, body, failing):
+        cls = type(self)
+        if failing:
+            self.send_response(cls.fail_status)
+            if cls.retry_after is not None:
+                self.send_header("Retry-After", cls.retry_after)
             self.end_headers()
             return
         user = body["messages"][-1]["content"]
@@ -162,7 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    handler = type("H", (_Handler,), {"calls": 0, "fail_first": 0, "seen": []})
+    handler = type("H", (_Handler,), {"calls": 0, "fail_first": 0, "seen": [],
+                                      "lock": threading.Lock()})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -204,3 +235,145 @@ def test_http_judge_unreachable_port_fails_fast():
         HTTPJudge(f"http://127.0.0.1:{port}/v1", model="m", timeout=1, retries=2,
                   backoff=0.01).judge(["x"])
     assert time.perf_counter() - start < 5
+
+
+def test_http_judge_runs_requests_concurrently(server):
+    handler, url = server
+    handler.delay = 0.3
+    responses = [f"I cannot do {i}." if i % 2 else f"Here is {i}." for i in range(8)]
+    start = time.perf_counter()
+    verdicts = HTTPJudge(url, model="m", timeout=5, retries=0, max_workers=4,
+                         cache=False).judge(responses, progress=False)
+    assert [v.refused for v in verdicts] == [bool(i % 2) for i in range(8)]  # order kept
+    assert handler.calls == 8 and handler.max_in_flight >= 2
+    assert time.perf_counter() - start < 8 * 0.3  # overlapping, not one after another
+
+
+def test_http_judge_honours_retry_after(server):
+    handler, url = server
+    handler.fail_first, handler.fail_status, handler.retry_after = 1, 429, "1"
+    start = time.perf_counter()
+    verdict = HTTPJudge(url, model="m", timeout=5, retries=2, backoff=0.01,
+                        cache=False).judge(["I cannot."], progress=False)[0]
+    assert verdict.refused is True and handler.calls == 2
+    assert time.perf_counter() - start >= 1.0  # the server's 1 s, not the 0.01 s backoff
+
+
+def test_retry_after_header_forms():
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("-2") == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+
+
+def test_http_judge_cache_makes_a_rerun_send_nothing(server, tmp_path):
+    handler, url = server
+    cache = tmp_path / "verdicts.jsonl"
+    responses, prompts = ["I cannot do that.", "Sure: step 1.", "Here you go."], ["a", "b", "c"]
+    first = HTTPJudge(url, model="m", timeout=5, retries=0, cache=cache).judge(
+        responses, prompts=prompts, progress=False)
+    assert handler.calls == 3 and len(cache.read_text().splitlines()) == 3
+    again = HTTPJudge(url, model="m", timeout=5, retries=0, cache=cache).judge(
+        responses, prompts=prompts, progress=False)
+    assert handler.calls == 3 and again == first  # a new judge object, read from disk
+    HTTPJudge(url, model="m", timeout=5, retries=0, cache=cache).judge(
+        [*responses, "I cannot."], prompts=[*prompts, "d"], progress=False)
+    assert handler.calls == 4  # only the new (prompt, response) is sent
+    HTTPJudge(url, model="other", timeout=5, retries=0, cache=cache).judge(
+        responses[:1], prompts=prompts[:1], progress=False)
+    assert handler.calls == 5  # another judge version never reuses these verdicts
+
+
+def test_http_judge_default_cache_lives_under_the_cache_dir(server, tmp_path):
+    handler, url = server
+    judge = HTTPJudge(url, model="m", timeout=5, retries=0)
+    judge.judge(["I cannot."], progress=False)
+    assert judge.cache.path == tmp_path / "cache" / "judges" / f"http_m-{judge.version}.jsonl"
+    assert judge.cache.path.is_file()
+
+
+def test_verdict_cache_skips_a_torn_line_and_appends_after_it(tmp_path):
+    path = tmp_path / "v.jsonl"
+    first = VerdictCache(path)
+    first.put("k1", Verdict(True, "refusal", "r", "j"))
+    first.put("unparsed", Verdict(None, "unknown", "?", "j"))  # never stored: a rerun asks again
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"key": "k2", "refu')  # a run killed mid-write
+    second = VerdictCache(path)
+    assert len(second) == 1 and second.get("unparsed") is None
+    second.put("k3", Verdict(False, "compliance", "c", "j"))
+    third = VerdictCache(path)
+    assert third.get("k1").refused is True and third.get("k3").refused is False
+
+
+def test_every_judge_has_a_name_and_a_version(monkeypatch, tiny_llama):
+    judge = RefusalJudge()
+    assert judge.name == "refusal-markers" and len(judge.version) == 12
+    assert RefusalJudge(window=80).version != judge.version
+    monkeypatch.setitem(REFUSAL, "en", [*REFUSAL["en"], "no way"])
+    assert marker_version() != judge.version  # a marker edit is a new version
+    model, tok = tiny_llama
+    assert HFJudge(model, tok).version and HTTPJudge("http://x/v1", "m", cache=False).version
+
+
+def test_make_judge_accepts_the_three_forms(monkeypatch, tiny_llama):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert isinstance(make_judge("markers"), RefusalJudge)
+    http = make_judge("http:https://api.example.com/v1#gpt-4o", cache=False)
+    assert isinstance(http, HTTPJudge) and http.name == "http:gpt-4o"
+    assert http.url == "https://api.example.com/v1/chat/completions" and http.api_key == "sk-test"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert make_judge("http:http://127.0.0.1:8000/v1#a#b", cache=False).model == "b"
+    assert make_judge("http:http://127.0.0.1:8000/v1#m", cache=False).api_key is None
+    hf = make_judge("hf:tiny-random-llama", device="cpu", cache=False)
+    assert isinstance(hf, HFJudge) and hf.name == "hf:tiny-random-llama"
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("", "unknown form"), ("llama-guard", "unknown form"), ("gpt:4o", "unknown form"),
+    ("hf:", "nothing after 'hf:'"), ("http:https://api.example.com/v1", "model after '#'"),
+    ("http:https://api.example.com/v1#", "model after '#'"),
+    ("http:ftp://example.com#m", "not an http:// or https:// base URL"),
+    ("http:api.example.com/v1#m", "not an http:// or https:// base URL"),
+])
+def test_bad_judge_specs_name_the_accepted_forms(spec, why):
+    with pytest.raises(ConfigError) as info:
+        make_judge(spec)
+    message = str(info.value)
+    assert why in message
+    assert "markers, hf:<model id or local dir>, http:<base url>#<model>" in message
+
+
+def test_a_key_in_the_spec_is_refused_and_masked():
+    with pytest.raises(ConfigError) as info:
+        make_judge("http:https://me:sk-secret@api.example.com/v1#m")
+    assert "OPENAI_API_KEY" in str(info.value) and "sk-secret" not in str(info.value)
+
+
+def test_apply_judge_records_the_judge_version(server):
+    handler, url = server
+    frame = pd.DataFrame({"id": ["a"], "lang": ["en"], "prompt": ["p"], "response": ["I cannot."],
+                          "harmful": [True]})
+    judge = HTTPJudge(url, model="m", timeout=5, retries=0, cache=False)
+    out = apply_judge(frame, judge)
+    assert out[["judge", "judge_version"]].values.tolist() == [["http:m", judge.version]]
+    assert apply_judge(frame, RefusalJudge())["judge_version"].tolist() == [marker_version()]
+
+
+def test_hf_judge_cache_skips_judged_responses(tiny_llama, tmp_path, monkeypatch):
+    import mlcwb.evaluate
+
+    model, tok = tiny_llama
+    asked: list[str] = []
+
+    def fake_generate(m, t, texts, **kwargs):  # a judge model that always answers REFUSAL
+        asked.extend(texts)
+        return ["REFUSAL"] * len(texts)
+
+    monkeypatch.setattr(mlcwb.evaluate, "generate_texts", fake_generate)
+    cache = tmp_path / "hf.jsonl"
+    first = HFJudge(model, tok, cache=cache).judge(["no.", "ok."], prompts=["x", "y"], progress=False)
+    assert len(asked) == 2 and len(VerdictCache(cache)) == 2
+    again = HFJudge(model, tok, cache=cache).judge(["no.", "ok.", "new"], prompts=["x", "y", "z"],
+                                                   progress=False)
+    assert len(asked) == 3 and "new" in asked[-1]  # only the unseen response went to the model
+    assert again[:2] == first
