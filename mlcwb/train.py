@@ -46,6 +46,7 @@ from mlcwb.collapse import CollapseWatch, batch_distinctness
 from mlcwb.mlc import (Extractor, computed_positions, language_weights, mlc_term, position_ids,
                        prompt_states, shared_prefix, use_buckets)
 from mlcwb.models import encode_prompts, load_model
+from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
 from mlcwb.train_config import REFUSAL, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -205,14 +206,15 @@ def sft_loss(logps: Tensor, lengths: Tensor) -> Tensor:
     return -logps.sum() / lengths.sum().clamp_min(1)
 
 
-def dpo_loss(logps: Tensor, ref_logps: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """Sigmoid DPO: ``-log σ(β[(π_c - ref_c) - (π_r - ref_r)])``; returns (loss, reward accuracy).
-
-    ``logps`` holds chosen rows then rejected rows; ``ref_logps`` is (n, 2) = (chosen, rejected).
-    """
-    n = logps.shape[0] // 2
-    margin = (logps[:n] - ref_logps[:, 0].to(logps)) - (logps[n:] - ref_logps[:, 1].to(logps))
-    return -F.logsigmoid(beta * margin).mean(), (margin > 0).float().mean()
+def align_objective(config: TrainConfig, out: dict[str, Tensor], ref_logps: Tensor | None,
+                    rows: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """The alignment loss of one batch (SFT, or ``config.pref_loss`` for DPO pairs) and the
+    numbers to log with it; ``rows`` index the batch's pairs in ``ref_logps``."""
+    if config.align != "dpo":
+        return sft_loss(out["logps"], out["lengths"]), {}
+    return preference_loss(config.pref_loss, out["logps"], out["lengths"],
+                           None if ref_logps is None else ref_logps[rows], config.beta,
+                           config.simpo_gamma, config.orpo_lambda)
 
 
 # ------------------------------------------------------------------------------------ module
@@ -563,7 +565,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     reference.to(accelerator.device)
 
     ref_logps = None
-    if config.align == "dpo":
+    if config.align == "dpo" and config.pref_loss not in REFERENCE_FREE:
         ref_logps = saved["ref_logps"] if saved else _reference_logps(
             accelerator, module, data, config, pad_id)
     start = 0
@@ -618,11 +620,8 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
                                "epoch": j // max(phase.steps_per_epoch, 1)}
         loss = torch.zeros((), device=accelerator.device)
         if phase.align:
-            if config.align == "dpo":
-                align_loss, acc = dpo_loss(out["logps"], ref_logps[align_batch["rows"]], config.beta)
-                row["reward_acc"] = float(acc)
-            else:
-                align_loss = sft_loss(out["logps"], out["lengths"])
+            align_loss, stats = align_objective(config, out, ref_logps, align_batch["rows"])
+            row.update(stats)
             loss = loss + align_loss
             row["align_loss"] = float(align_loss.detach())
         if use_mlc:
@@ -712,7 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return train_main(argv)
 
 
-__all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "collate_align",
+__all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "align_objective",
+           "collate_align",
            "dpo_loss", "encode_mlc", "latest_checkpoint", "load_extractor", "load_prompts", "main",
            "plan", "prepare_data", "response_logps", "save_checkpoint", "sft_loss", "train"]
 

@@ -22,11 +22,13 @@ import yaml
 from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.languages import get_language
 from mlcwb.mlc import MLCConfig
+from mlcwb.preference import PREF_LOSSES
 
 ALIGNS = ("sft", "dpo", "none")
 SCHEDULES = ("joint", "sequential")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BENIGN_REJECTED = ("refusal", "skip")
+PREF_LOSS = PREF_LOSSES  # the name under which `mlcwb config train` finds a key's choices
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
@@ -51,6 +53,12 @@ class TrainConfig:
     as their *rejected* answer (teaching the model not to over-refuse), ``skip`` drops them.
     ``schedule``: ``joint`` (align + MLC in one pass, the paper's "single update") or
     ``sequential`` (an alignment pass, then an MLC-only pass: "2-step").
+    ``pref_loss``: the preference loss of ``align: dpo``, as the official DPO trainer's loss type:
+    ``sigmoid`` (DPO), ``ipo``, ``hinge``, ``orpo`` and ``simpo`` (these two need no reference
+    model; SimPO wants a far larger ``beta``, 2-10 in its paper). See ``mlcwb.preference``.
+    ``simpo_gamma``: SimPO's target reward margin γ, in reward units (trl's convention; SimPO's
+    own code sets gamma_beta_ratio = γ/β, its default 0.25 x β 2.0 = 0.5).
+    ``orpo_lambda``: ORPO's λ, the weight of the odds-ratio term beside the SFT loss.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -62,6 +70,9 @@ class TrainConfig:
     max_prompts: int | None = None
     align: str = "dpo"
     beta: float = 0.1
+    pref_loss: str = "sigmoid"
+    simpo_gamma: float = 0.5
+    orpo_lambda: float = 0.1
     benign_rejected: str = "refusal"
     mlc: MLCConfig | None = field(default_factory=MLCConfig)
     schedule: str = "joint"
@@ -138,6 +149,11 @@ class TrainConfig:
              f"benign_rejected {self.benign_rejected!r}: use one of {BENIGN_REJECTED}"),
             (self.lr >= 0 and self.weight_decay >= 0, "lr and weight_decay must be >= 0"),
             (self.beta > 0, f"beta must be > 0, got {self.beta}"),
+            (self.pref_loss in PREF_LOSSES, f"pref_loss {self.pref_loss!r}: use one of {PREF_LOSSES}"),
+            (self.pref_loss == "sigmoid" or self.align == "dpo",
+             f"pref_loss {self.pref_loss!r} is a preference loss: it needs align: dpo, got "
+             f"align: {self.align}"),
+            (self.simpo_gamma >= 0 and self.orpo_lambda >= 0, "simpo_gamma and orpo_lambda must be >= 0"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_prompts is None or self.max_prompts >= 1,
              f"max_prompts must be >= 1, got {self.max_prompts}"),
@@ -370,4 +386,5 @@ def _flatten(hint: Any) -> set[Any]:
     return set().union(*(_flatten(a) for a in args)) if args else {hint}
 
 
-__all__ = ["ALIGNS", "LoraSettings", "REFUSAL", "SCHEDULES", "TrainConfig"]
+__all__ = ["ALIGNS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "SCHEDULES",
+           "TrainConfig"]

@@ -407,3 +407,23 @@ def test_trl_sft_trainer_with_mlc_runs_two_steps(tmp_path, tiny_llama):
     logged = [r for r in trainer.state.log_history if "loss" in r]
     assert len(logged) == 2 and all(r["mlc_loss"] > 0 for r in logged)
     assert not torch.equal(trainer.mlc_extractor.proj.weight, before), "the extractor is optimised"
+
+
+# ------------------------------------------------------------------ preference losses
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pref_loss", ["sigmoid", "ipo", "hinge", "orpo", "simpo"])
+def test_every_preference_loss_trains_and_only_reference_losses_compute_a_reference(
+        tmp_path, monkeypatch, pref_loss):
+    import mlcwb.train as train_module
+
+    calls = []
+    real = train_module._reference_logps
+    monkeypatch.setattr(train_module, "_reference_logps",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = tiny_config(tmp_path, pref_loss=pref_loss, max_steps=2, mlc=None,
+                         beta=2.0 if pref_loss == "simpo" else 0.1)
+    result = train(config, prompts=tiny_prompts())
+    assert bool(calls) == (pref_loss in ("sigmoid", "ipo", "hinge"))
+    assert all(math.isfinite(r["align_loss"]) and "reward_acc" in r for r in result.log)
+    assert ("nll" in result.log[0]) == (pref_loss == "orpo")

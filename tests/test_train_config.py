@@ -149,3 +149,11 @@ def test_cli_train_with_a_bad_value_prints_a_message_not_a_trace(tmp_path):
 
 def test_paths_are_accepted_for_text_fields(tmp_path):
     assert TrainConfig().replace(output_dir=tmp_path).output_dir == str(tmp_path)
+
+
+def test_printed_default_config_lists_the_preference_losses():
+    from mlcwb.commands.config import commented_yaml
+
+    text = commented_yaml(TrainConfig())
+    assert "one of sigmoid, ipo, hinge, orpo, simpo" in text
+    assert "simpo_gamma: 0.5" in text and "orpo_lambda: 0.1" in text
