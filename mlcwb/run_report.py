@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 import pandas as pd
 
 from mlcwb.bench import machine_info
-from mlcwb.io import atomic_write_text
-from mlcwb.report import holm_adjust
+from mlcwb.errors import DataError
+from mlcwb.io import atomic_write_json, atomic_write_text
+from mlcwb.report import (METRICS, METRICS_CSV, holm_adjust, paired_comparison, safety_table,
+                          to_latex, with_interval, write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ def _data_section(languages: list[str] | None) -> Section:
 
 def _geometry_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
     coll = run / "geometry" / "collinearity.csv"
-    training = _read_json(run / "metrics" / "04_mlc_training.json")
+    training = _read_json(run / TRAINING_JSON)
     if not coll.is_file() and training is None:
         return None, None
     section = Section("Geometry before and after")
@@ -124,38 +127,166 @@ def _geometry_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]
     return section, training
 
 
+# --------------------------------------------------------------------------------------------
+# What notebooks 04 and 05 leave in metrics/, written here beside the code that reads it
+# --------------------------------------------------------------------------------------------
+
+TRAINING_JSON = Path("metrics") / "04_mlc_training.json"
+SAFETY_JSON = Path("metrics") / "05_safety.json"
+SAFETY_TEX = "safety_table.tex"
+
+
+def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooling: str,
+                     heldout_prompts: int, steps: Mapping[str, int]) -> dict[str, Any]:
+    """Notebook 04's result in the form the report reads: the held-out MLC objective at the
+    last layer for each model (``before``, ``align``, ``mlc``, ``mlc_seq``: the ``model``
+    column of ``collinearity``), its floor, and how it was measured.
+
+    ``collinearity`` is ``geometry.collinearity`` frames of every model concatenated with a
+    ``model`` column; ``steps`` the optimiser steps of each training run.
+    """
+    missing = {"model", "layer", "mlc_loss", "floor"} - set(collinearity.columns)
+    if missing:
+        raise DataError(f"collinearity frame lacks columns {sorted(missing)}; concatenate "
+                        f"geometry.collinearity(...) frames with a 'model' column.")
+    layer = int(collinearity["layer"].max())
+    last = collinearity[collinearity["layer"] == layer]
+    losses = last.groupby("model", sort=False)["mlc_loss"].first()
+    return {**{str(m): float(v) for m, v in losses.items()}, "floor": float(last["floor"].iloc[0]),
+            "layer": layer, "pooling": pooling, "langs": list(languages),
+            "heldout_prompts": int(heldout_prompts), "steps": {k: int(v) for k, v in steps.items()}}
+
+
+def save_training_summary(run: str | Path, collinearity: pd.DataFrame, languages: Sequence[str],
+                          pooling: str, heldout_prompts: int, steps: Mapping[str, int]) -> Path:
+    """Write ``training_summary`` to ``run/metrics/04_mlc_training.json``; returns the path."""
+    return atomic_write_json(Path(run) / TRAINING_JSON, training_summary(
+        collinearity, languages, pooling, heldout_prompts, steps))
+
+
+def _records(frame: pd.DataFrame) -> dict[str, Any]:
+    """A frame as ``{index: {column: value}}`` with NaN as null (JSON has no NaN)."""
+    return json.loads(frame.to_json(orient="index"))
+
+
+def paired_summary(judged: Mapping[str, pd.DataFrame], n_boot: int = 1000,
+                   seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Every before/after comparison the report reads: raw -> each trained method and
+    English-only alignment -> each MLC method, on harmful and on benign prompts."""
+    out: dict[str, dict[str, Any]] = {}
+    for base in ("raw", "align"):
+        if base not in judged:
+            continue
+        for name in [m for m in judged if m not in ("raw", base)]:
+            out[f"{base}->{name}"] = {
+                ("harmful" if harmful else "benign"): _records(paired_comparison(
+                    judged[base], judged[name], harmful=harmful, n_boot=n_boot, seed=seed))
+                for harmful in (True, False)}
+    return out
+
+
+def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.DataFrame],
+                   languages: Sequence[str], utility: Mapping[str, float] | None = None,
+                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Notebook 05's result in the form the report reads: ``language_metrics`` per method,
+    the paired comparisons, utility, the judge, and the sizes (from the judged rows).
+
+    ``metrics`` and ``judged`` map a method name (``raw``, ``align``, ``mlc``, ``mlc_seq``) to
+    its ``report.language_metrics`` frame and its ``judges.apply_judge`` rows.
+    """
+    if not metrics or not judged:
+        raise DataError("safety_summary needs the metrics and judged rows of at least one method.")
+    first = next(iter(judged.values()))
+    harmful = first.drop_duplicates("id")["harmful"].astype(bool)
+    settings = first["settings"].iloc[0] if "settings" in first else None
+    shown = [m for m in METRICS if all(m in frame.columns for frame in metrics.values())]
+    judge = {key: str(first[col].iloc[0]) if col in first else None
+             for key, col in (("name", "judge"), ("version", "judge_version"))}
+    return {"languages": list(languages), "captions": {m: METRICS[m] for m in shown},
+            "methods": {name: _records(frame) for name, frame in metrics.items()},
+            "paired": paired_summary(judged, n_boot, seed),
+            "utility": {k: float(v) for k, v in (utility or {}).items()}, "judge": judge,
+            "n_harmful": int(harmful.sum()), "n_benign": int((~harmful).sum()),
+            "max_new_tokens": (settings or {}).get("max_new_tokens")}
+
+
+def save_safety_summary(run: str | Path, metrics: Mapping[str, pd.DataFrame],
+                        judged: Mapping[str, pd.DataFrame], languages: Sequence[str],
+                        utility: Mapping[str, float] | None = None, n_boot: int = 1000,
+                        seed: int = 0) -> list[Path]:
+    """Write ``safety_summary`` to ``run/metrics/05_safety.json`` and the same numbers in long
+    form to ``run/metrics.csv``; returns both paths."""
+    summary = safety_summary(metrics, judged, languages, utility, n_boot, seed)
+    return [atomic_write_json(Path(run) / SAFETY_JSON, summary),
+            write_metrics_csv(run, summary["methods"])]
+
+
+def _metric_frames(safety: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The stored ``language_metrics`` of each method as frames, indexed by the method's label."""
+    return {METHOD_LABELS.get(m, m): pd.DataFrame.from_dict(per_lang, orient="index")
+            for m, per_lang in safety["methods"].items()}
+
+
+def _paired_table(safety: dict[str, Any]) -> pd.DataFrame | None:
+    """Each stored comparison per language: change [95% paired bootstrap], Holm-adjusted p."""
+    rows: dict[str, dict[str, str]] = {}
+    for pair, kinds in safety.get("paired", {}).items():
+        base, _, method = pair.partition("->")
+        for kind, per_lang in kinds.items():
+            adjusted = holm_by_language(per_lang)
+            rows[f"{METHOD_LABELS.get(base, base)} → {METHOD_LABELS.get(method, method)} "
+                 f"({kind})"] = {
+                lang: f"{with_interval(c.get('change'), c.get('change_lo'), c.get('change_hi'))}"
+                      f" p={adjusted[lang]:.2g}" for lang, c in per_lang.items()}
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).T.fillna("–")
+    table.index.name = "comparison"
+    return table
+
+
 def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
-    safety = _read_json(run / "metrics" / "05_safety.json")
-    table_md = run / "safety_table.md"
+    safety = _read_json(run / SAFETY_JSON)
     if safety is None:
         return None, None
+    judge = safety.get("judge") or {}
     section = Section("Safety per language",
                       ["Rates in percent; 95% Wilson score intervals in brackets (for "
                        "discrimination, a difference of two rates: 95% bootstrap intervals over "
                        "prompts). Avg and Var across languages as in the paper. Full tables: "
-                       "`safety_table.md`."])
-    langs = safety["languages"]
+                       "`safety_table.md`; LaTeX: `safety_table.tex`; every number in long form: "
+                       "`metrics.csv`."]
+                      + ([f"Judge: `{judge['name']}` version `{judge['version']}`."]
+                         if judge.get("name") else []))
+    frames, langs = _metric_frames(safety), safety["languages"]
     for metric, caption in safety["captions"].items():
-        rows = {}
-        for method, per_lang in safety["methods"].items():
-            rows[METHOD_LABELS.get(method, method)] = {
-                lang: _with_ci(per_lang[lang], metric) for lang in langs}
-        section.tables.append((caption, pd.DataFrame(rows).T[langs]))
-    if "utility" in safety:
+        section.tables.append((caption, safety_table(frames, metric, langs, intervals=True)))
+    paired = _paired_table(safety)
+    if paired is not None:
+        section.tables.append(("Refusal change in points, 95% paired bootstrap interval, "
+                               "McNemar exact p Holm-adjusted across languages", paired))
+    if safety.get("utility"):
         section.tables.append(("Utility: perplexity on held-out benign reference answers (lower is better)",
                                pd.DataFrame({"perplexity": {METHOD_LABELS.get(k, k): round(v, 2)
-                                                            for k, v in safety["utility"].items()}})))
-    if table_md.is_file():
+                                                            for k, v in safety["utility"].items()}})
+                               .rename_axis("method")))
+    if (run / "safety_table.md").is_file():
         section.links.append(("safety_table.md", "safety_table.md"))
     return section, safety
 
 
-def _with_ci(row: dict[str, Any], metric: str) -> str:
-    value = row.get(metric)
-    if value is None or pd.isna(value):
-        return "–"
-    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
-    return f"{value:.1f} [{lo:.0f}, {hi:.0f}]" if lo is not None and not pd.isna(lo) else f"{value:.1f}"
+def write_safety_exports(run: Path, safety: dict[str, Any]) -> list[Path]:
+    """``safety_table.tex`` (one booktabs table per metric, intervals in the cells) and, when the
+    notebook did not write it, ``metrics.csv``, both from the stored safety summary."""
+    frames, langs = _metric_frames(safety), safety["languages"]
+    tables = [to_latex(safety_table(frames, metric, langs, intervals=True), caption=caption,
+                       label=f"tab:{metric}") for metric, caption in safety["captions"].items()]
+    header = ("% Safety per language from mlcwb reproduce; needs \\usepackage{booktabs}.\n"
+              "% Cells: value [95% interval] in percent (Wilson; bootstrap for discrimination).\n")
+    paths = [atomic_write_text(run / SAFETY_TEX, header + "\n".join(tables))]
+    if not (run / METRICS_CSV).is_file():
+        paths.append(write_metrics_csv(run, safety["methods"]))
+    return paths
 
 
 def reading(safety: dict[str, Any] | None, training: dict[str, Any] | None) -> list[str]:
@@ -251,7 +382,8 @@ def _markdown_table(table: pd.DataFrame) -> str:
     frame = table.reset_index()
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = ["| " + " | ".join("–" if isinstance(v, float) and math.isnan(v) else str(v) for v in row)
+            + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
 
 
@@ -272,12 +404,16 @@ def _render_html(title: str, sections: list[Section]) -> str:
 
 
 def write_report(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` into the run directory."""
+    """Write ``report.md`` and ``report.html`` into the run directory, and from the stored safety
+    results ``safety_table.tex`` and (if notebook 05 did not) ``metrics.csv``."""
     sections = [_config_section(run, preset, stages)]
     sections += [s for s in (_choice_section(preset),) if s is not None]
     sections.append(_data_section(preset.common.get("languages")))
     geometry, training = _geometry_section(run)
     safety_section, safety = _safety_section(run)
+    if safety_section is not None and safety is not None:
+        write_safety_exports(run, safety)
+        safety_section.links += [(name, name) for name in (SAFETY_TEX, METRICS_CSV)]
     sections += [s for s in (geometry, safety_section) if s is not None]
     figures = sorted((run / "figures").glob("*.html")) if (run / "figures").is_dir() else []
     notebooks = sorted((run / "notebooks").glob("*.ipynb"))

@@ -5,7 +5,7 @@ grey lines join the translations of a few chosen prompts. If meaning dominates, 
 and colours mix; if each language is an island, the lines cross the plot. ``explorer`` makes that
 live in JupyterLab (layer slider, language toggles, UMAP/PCA), ``layer_figure`` is its static twin
 (plotly frames, works in exported HTML and under papermill), and ``save_figure`` puts any figure
-into the run directory. Passing a mapping ``{"before": reps_a, "after": reps_b}`` anywhere a
+into the run directory (self-contained HTML, plus PNG and SVG where kaleido is installed). Passing a mapping ``{"before": reps_a, "after": reps_b}`` anywhere a
 Representations is accepted draws the two side by side in ONE projection fitted on both, so
 positions are comparable.
 """
@@ -421,28 +421,48 @@ def pairs_by_layer_figure(frame: pd.DataFrame, value: str, ref: str = "en",
 
 # --------------------------------------------------------------------------- saving
 
-def save_figure(fig: go.Figure, run_dir: str | Path, name: str) -> list[Path]:
-    """Write ``run_dir/figures/<name>.html`` (+ ``.png`` when kaleido is importable).
+IMAGE_FORMATS = ("png", "svg")
 
-    The HTML loads plotly.js from a ``plotly.min.js`` written once beside it, so the files work
-    offline without each carrying 4 MB of JavaScript. Returns the paths written.
-    """
-    import plotly.io as pio
-    from plotly.offline import get_plotlyjs
 
-    fig = go.Figure(fig)  # also turns a FigureWidget into a plain figure
-    out = Path(run_dir) / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = out / "plotly.min.js"
-    if not bundle.exists():
-        atomic_write_text(bundle, get_plotlyjs())
-    paths = [atomic_write_text(out / f"{name}.html",
-                               pio.to_html(fig, include_plotlyjs="directory", full_html=True))]
+def _kaleido_missing() -> str | None:
+    """Why PNG/SVG cannot be written here, or None when kaleido is importable."""
     try:
         import kaleido  # noqa: F401
     except ImportError:
+        return "kaleido is not installed (pip install kaleido; kaleido 1.x also needs Chrome)"
+    return None
+
+
+def save_figure(fig: go.Figure, run_dir: str | Path, name: str,
+                formats: Sequence[str] = IMAGE_FORMATS) -> list[Path]:
+    """Write ``run_dir/figures/<name>.html``, plus ``<name>.png``/``.svg`` where kaleido can.
+
+    The one way every notebook and the reproduce report save a figure. The HTML carries plotly.js
+    inline (about 4.6 MB) and references nothing on the network, so a figure opens offline, as an
+    e-mail attachment or years later, without the file it came with. PNG and SVG (for papers) need
+    kaleido, an optional dependency; without it they are skipped with the reason in the log, since
+    a missing picture format must not stop a run. Returns the paths written.
+    """
+    import plotly.io as pio
+
+    unknown = sorted(set(formats) - set(IMAGE_FORMATS))
+    if unknown:
+        raise ConfigError(f"save_figure writes HTML plus {IMAGE_FORMATS}; unknown formats {unknown}")
+    fig = go.Figure(fig)  # also turns a FigureWidget into a plain figure
+    out = Path(run_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [atomic_write_text(out / f"{name}.html",
+                               pio.to_html(fig, include_plotlyjs=True, full_html=True))]
+    missing = _kaleido_missing() if formats else None
+    if missing:
+        log.info("figure %s: HTML only, PNG/SVG skipped: %s", name, missing)
         return paths
-    with atomic_path(out / f"{name}.png") as tmp:
-        fig.write_image(str(tmp), format="png")
-    paths.append(out / f"{name}.png")
+    for fmt in formats:
+        try:
+            with atomic_path(out / f"{name}.{fmt}") as tmp:
+                fig.write_image(str(tmp), format=fmt)
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.warning("figure %s: %s skipped: %s", name, fmt.upper(), exc)
+            continue
+        paths.append(out / f"{name}.{fmt}")
     return paths

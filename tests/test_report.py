@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import DataError
-from mlcwb.report import (bar_figure, bootstrap_ci, heatmap_figure, holm_adjust, language_metrics,
-                          mcnemar_exact, paired_comparison, perplexity, rate_with_ci, safety_table,
-                          scatter_figure, to_html, to_markdown, wilson_ci)
+from mlcwb.report import (LONG_COLUMNS, bar_figure, bootstrap_ci, heatmap_figure, holm_adjust,
+                          language_metrics, latex_escape, mcnemar_exact, metrics_long,
+                          paired_comparison, perplexity, rate_with_ci, safety_table, scatter_figure,
+                          to_html, to_latex, to_markdown, wilson_ci, with_interval,
+                          write_metrics_csv)
 
 Z = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -182,3 +184,58 @@ def test_perplexity_reacts_to_reference(tiny_llama):
     model, tok = tiny_llama
     ppl = perplexity(model, tok, ["Say hi"] * 2, ["hi there", "hello"])
     assert 1.0 < ppl < 2 * len(tok)  # a near-uniform random model: about vocabulary size
+
+
+def _two_methods() -> dict[str, pd.DataFrame]:
+    return {"raw": language_metrics(_judged({"en": 5, "zh": 2}, {"en": 0, "zh": 1}),
+                                    with_language_id=False),
+            "+ MLC (joint)": language_metrics(_judged({"en": 9, "zh": 8}, {"en": 1, "zh": 1}),
+                                              with_language_id=False)}
+
+
+def test_table_with_intervals_in_every_format():
+    results = _two_methods()
+    table = safety_table(results, intervals=True)
+    lo, hi = _wilson_by_hand(5, 10)
+    assert table.loc["raw", "en"] == f"50.0 [{100 * lo:.0f}, {100 * hi:.0f}]" == "50.0 [24, 76]"
+    assert table.loc["raw", "Avg"] == 35.0 and table.loc["raw", "Var"] == 225.0
+    assert "| raw | 50.0 [24, 76] | 20.0 [6, 51] | 35.0 | 225.0 |" in to_markdown(table)
+    assert "<td>50.0 [24, 76]</td>" in to_html(table)
+    lang_match = {m: f.assign(lang_match=50.0) for m, f in results.items()}  # no interval stored
+    assert safety_table(lang_match, "lang_match", intervals=True).loc["raw", "en"] == "50.0"
+    assert with_interval(float("nan"), 1, 2) == "–" and with_interval(3.14159, None, 9) == "3.1"
+
+
+def test_to_latex_is_booktabs_with_escaped_text():
+    table = safety_table(_two_methods(), intervals=True)
+    tex = to_latex(table, caption="Safety rate (%) & more", label="tab:safety")
+    lines = tex.splitlines()
+    assert lines[:4] == ["\\begin{table}[t]", "\\centering", "\\caption{Safety rate (\\%) \\& more}",
+                         "\\label{tab:safety}"]
+    assert "\\begin{tabular}{lrrrr}" in lines and "\\toprule" in lines and "\\bottomrule" in lines
+    assert "method & en & zh & Avg & Var \\\\" in lines
+    assert "raw & 50.0 [24, 76] & 20.0 [6, 51] & 35.0 & 225.0 \\\\" in lines
+    assert "+ MLC (joint) & 90.0 [60, 98] & 80.0 [49, 94] & 85.0 & 25.0 \\\\" in lines
+    assert latex_escape("a_b 50% {x} #1 $ ~ ^ \\") == (
+        "a\\_b 50\\% \\{x\\} \\#1 \\$ \\textasciitilde{} \\textasciicircum{} \\textbackslash{}")
+    missing = pd.DataFrame({"en": [float("nan")], "zh": ["–"]}, index=pd.Index(["m"], name="method"))
+    assert "m & -- & -- \\\\" in to_latex(missing)
+
+
+def test_metrics_long_has_one_row_per_method_language_metric(tmp_path):
+    results = _two_methods()
+    long = metrics_long(results)
+    assert list(long.columns) == LONG_COLUMNS
+    assert len(long) == 2 * 2 * 4  # no lang_match without language identification
+    row = long.set_index(["method", "lang", "metric"]).loc[("raw", "en", "safety_rate")]
+    assert (row["value"], row["k"], row["n"], row["interval"]) == (50.0, 5, 10, "wilson 95%")
+    assert row["lo"] == pytest.approx(100 * _wilson_by_hand(5, 10)[0])
+    disc = long.set_index(["method", "lang", "metric"]).loc[("raw", "en", "discrimination")]
+    assert disc["n"] == 20 and pd.isna(disc["k"]) and disc["interval"] == "bootstrap 95%"
+    # the JSON form notebook 05 stores reads the same
+    as_json = {m: f.to_dict(orient="index") for m, f in results.items()}
+    pd.testing.assert_frame_equal(metrics_long(as_json), long)
+    path = write_metrics_csv(tmp_path, results)
+    assert path == tmp_path / "metrics.csv"
+    back = pd.read_csv(path)
+    assert list(back.columns) == LONG_COLUMNS and len(back) == len(long)

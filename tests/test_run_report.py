@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
+from mlcwb.errors import DataError
+from mlcwb.report import language_metrics, with_interval
 from mlcwb.reproduce import PRESETS, Preset
-from mlcwb.run_report import _choice_section, _safety_section, _with_ci, holm_by_language, reading
+from mlcwb.run_report import (_choice_section, _geometry_section, _markdown_table, _safety_section,
+                              holm_by_language, reading, save_safety_summary,
+                              save_training_summary, write_report, write_safety_exports)
+from tests.test_report import _judged
 
 
 def _lang(safety: float, over: float, disc_lo: float) -> dict:
@@ -84,7 +90,8 @@ def test_safety_section_prints_wilson_intervals(tmp_path):
     section, _ = _safety_section(tmp_path)
     assert "95% Wilson score intervals" in section.paragraphs[0]
     assert section.tables[0][1].loc["English-only alignment", "en"] == "100.0 [81, 100]"
-    assert _with_ci(row, "safety_rate") == "100.0 [81, 100]"
+    assert with_interval(row["safety_rate"], row["safety_rate_lo"], row["safety_rate_hi"]) == \
+        "100.0 [81, 100]"
 
 
 def test_choice_section_tabulates_the_cited_sweep(tmp_path, monkeypatch):
@@ -110,3 +117,89 @@ def test_the_quick_preset_cites_a_committed_sweep():
     assert quick.sweep and (repo_root() / quick.sweep).is_file()
     names = {c["name"] for c in json.loads((repo_root() / quick.sweep).read_text())["candidates"]}
     assert quick.notes and any(name in quick.notes for name in names)
+
+
+def _notebook_05_results() -> tuple[dict, dict]:
+    """What notebook 05 holds before it saves: judged rows and metrics of three methods."""
+    judged = {}
+    for name, (h_en, h_zh) in {"raw": (2, 1), "align": (9, 3), "mlc": (9, 9)}.items():
+        frame = _judged({"en": h_en, "zh": h_zh}, {"en": 1, "zh": 1})
+        judged[name] = frame.assign(settings=[{"max_new_tokens": 32}] * len(frame),
+                                    judge="refusal-markers", judge_version="abc123")
+    metrics = {name: language_metrics(frame, n_boot=50, with_language_id=False)
+               for name, frame in judged.items()}
+    return judged, metrics
+
+
+def test_save_safety_summary_writes_what_the_report_reads(tmp_path):
+    judged, metrics = _notebook_05_results()
+    json_path, csv_path = save_safety_summary(tmp_path, metrics, judged, ["en", "zh"],
+                                              utility={"raw": 12.5, "align": 13.0, "mlc": 13.1},
+                                              n_boot=50)
+    assert json_path == tmp_path / "metrics" / "05_safety.json"
+    assert csv_path == tmp_path / "metrics.csv" and len(pd.read_csv(csv_path)) == 3 * 2 * 4
+    saved = json.loads(json_path.read_text())
+    assert saved["languages"] == ["en", "zh"] and set(saved["methods"]) == {"raw", "align", "mlc"}
+    assert set(saved["paired"]) == {"raw->align", "raw->mlc", "align->mlc"}
+    assert set(saved["paired"]["align->mlc"]) == {"harmful", "benign"}
+    assert (saved["n_harmful"], saved["n_benign"], saved["max_new_tokens"]) == (10, 10, 32)
+    assert saved["judge"] == {"name": "refusal-markers", "version": "abc123"}
+    assert "lang_match" not in saved["captions"]  # only metrics every method has
+    section, safety = _safety_section(tmp_path)
+    assert safety == saved
+    table = dict(section.tables)["Safety rate on harmful prompts (%)"]
+    assert table.loc["+ MLC (joint)", "zh"] == "90.0 [60, 98]"
+    assert "Judge: `refusal-markers` version `abc123`." in section.paragraphs
+    paired = section.tables[-2][1]
+    assert paired.loc["English-only alignment → + MLC (joint) (harmful)", "zh"].startswith("60.0 [")
+    assert "p=" in paired.loc["English-only alignment → + MLC (joint) (harmful)", "zh"]
+    assert any("English-only alignment moved English safety" in t for t in reading(safety, None))
+
+
+def test_report_exports_latex_and_metrics_csv_from_the_stored_summary(tmp_path):
+    judged, metrics = _notebook_05_results()
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], n_boot=50)
+    (tmp_path / "metrics.csv").unlink()  # a notebook from before metrics.csv existed
+    safety = json.loads((tmp_path / "metrics" / "05_safety.json").read_text())
+    paths = write_safety_exports(tmp_path, safety)
+    assert paths == [tmp_path / "safety_table.tex", tmp_path / "metrics.csv"]
+    tex = paths[0].read_text()
+    assert "\\usepackage{booktabs}" in tex and tex.count("\\toprule") == len(safety["captions"])
+    assert "English-only alignment & 90.0 [60, 98] & 30.0 [11, 60] &" in tex
+    assert "\\label{tab:safety_rate}" in tex
+    assert write_safety_exports(tmp_path, safety) == [tmp_path / "safety_table.tex"]  # csv kept
+    section, _ = _safety_section(tmp_path)
+    markdown = _markdown_table(section.tables[0][1])
+    assert "| raw model | 20.0 [6, 51] | 10.0 [2, 40] | 15.0 | 25.0 |" in markdown
+
+
+def test_save_training_summary_writes_what_the_report_reads(tmp_path):
+    rows = [{"model": m, "layer": layer, "mlc_loss": loss + layer, "floor": 0.04,
+             "first_sv_share": 0.5}
+            for m, loss in {"before": 0.9, "align": 0.8, "mlc": 0.2, "mlc_seq": 0.1}.items()
+            for layer in (0, 1)]
+    path = save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh"], "last", 8,
+                                 {"align": 4, "mlc": 4, "mlc_seq": 8})
+    assert path == tmp_path / "metrics" / "04_mlc_training.json"
+    saved = json.loads(path.read_text())
+    assert {k: saved[k] for k in ("before", "align", "mlc", "mlc_seq", "floor", "layer")} == \
+        {"before": 1.9, "align": 1.8, "mlc": 1.2, "mlc_seq": 1.1, "floor": 0.04, "layer": 1}
+    assert saved["steps"] == {"align": 4, "mlc": 4, "mlc_seq": 8} and saved["heldout_prompts"] == 8
+    section, training = _geometry_section(tmp_path)
+    assert training == saved and "floor 0.0400" in section.tables[0][0]
+    assert reading(None, training)[0].startswith("MLC lowered the held-out MLC objective")
+    with pytest.raises(DataError, match="lacks columns"):
+        save_training_summary(tmp_path, pd.DataFrame(rows).drop(columns="model"), ["en"], "last",
+                              8, {})
+
+
+def test_write_report_shows_intervals_and_links_the_exports(tmp_path):
+    judged, metrics = _notebook_05_results()
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], n_boot=50)
+    (tmp_path / "metrics.csv").unlink()
+    md_path, html_path = write_report(tmp_path, PRESETS["tiny"], {})
+    md = md_path.read_text()
+    assert "| + MLC (joint) | 90.0 [60, 98] | 90.0 [60, 98] | 90.0 | 0.0 |" in md
+    assert "- [safety_table.tex](safety_table.tex)" in md and "- [metrics.csv](metrics.csv)" in md
+    assert (tmp_path / "safety_table.tex").is_file() and (tmp_path / "metrics.csv").is_file()
+    assert "90.0 [60, 98]" in html_path.read_text()
