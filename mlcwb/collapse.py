@@ -18,9 +18,14 @@ import logging
 import re
 from collections import Counter
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mlcwb.extract import Representations
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,14 @@ def batch_distinctness(states: Tensor, n_langs: int) -> dict[str, float]:
     hits = sims.argmax(-1) == torch.arange(n_prompts)
     out["retrieval"] = float(hits.float().mean())
     return out
+
+
+def heldout_distinctness(reps: Representations, layer: int) -> dict[str, float]:
+    """``batch_distinctness`` over every held-out prompt and language of one layer."""
+    from mlcwb.geometry import states
+
+    x = torch.from_numpy(states(reps, layer)).float()  # (P, L, D), anchor language first as stored
+    return batch_distinctness(x.reshape(-1, x.shape[-1]), x.shape[1])
 
 
 class CollapseWatch:
@@ -118,4 +131,4 @@ def opening_diversity(responses: pd.DataFrame, words: int = OPENING_WORDS) -> pd
     return pd.DataFrame(rows).set_index("lang")
 
 
-__all__ = ["COLLAPSED_OPENING_SHARE", "CollapseWatch", "batch_distinctness", "opening", "opening_diversity"]
+__all__ = ["COLLAPSED_OPENING_SHARE", "CollapseWatch", "batch_distinctness", "heldout_distinctness", "opening", "opening_diversity"]

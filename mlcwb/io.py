@@ -62,6 +62,18 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or None when the file is absent (a stage that has not run yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg}); delete it and rerun the stage "
+                        f"that writes it.") from exc
+
+
 def read_jsonl(path: str | Path, skip_partial_last: bool = False) -> list[dict]:
     """Read a JSONL file; a malformed line is an error naming the file and line.
 

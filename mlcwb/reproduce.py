@@ -24,12 +24,14 @@ import yaml
 
 from mlcwb.errors import ConfigError, LanguageError, ModelFetchError
 from mlcwb.io import atomic_write_json
+from mlcwb.languages import PAPER_LANGUAGES
 from mlcwb.notebooks import execute_notebook, notebook_paths
 from mlcwb.paths import run_dir as make_run_dir
 
 log = logging.getLogger(__name__)
 
-PAPER_LANGUAGES = ["en", "zh", "ru", "ja", "ar", "bn", "sw", "ur", "ps", "ku"]
+# The corpus's languages, MLC's training languages first (the transfer preset trains on five).
+TRANSFER_LANGUAGES = ["en", "zh", "ru", "ja", "ar", "fr", "de", "es", "bn", "sw", "ur"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ PRESETS: dict[str, Preset] = {
             "02_hidden_states": {"n_prompts": 4, "layers": [0, -1]},
             "03_geometry_umap": {"n_prompts": 8, "method": "pca"},
             "04_mlc_training": {"train_prompts": 4, "heldout_prompts": 4, "lr": 1e-3,
-                                "aux_every": 1, "schedules": ["joint", "sequential"]},
+                                "aux_every": 1, "schedules": ["joint", "sequential"],
+                                "mlc_only": True, "save_every": 2},
             "05_safety_comparison": {"n_harmful": 4, "n_benign": 4, "max_new_tokens": 4,
                                      "utility_prompts": 2, "n_boot": 50},
         },
@@ -87,6 +90,35 @@ PRESETS: dict[str, Preset] = {
               "elsewhere). No setting made either model tell harmful from benign prompts: every one "
               "that raised English safety raised over-refusal about as much, so this preset "
               "demonstrates the pipeline, not a safety transfer.",
+    ),
+    "transfer": Preset(
+        name="transfer",
+        description="the experiment that can answer the question: Qwen2.5-Coder-0.5B-Instruct "
+                    "(refuses harmful requests in English far more than elsewhere), English-only "
+                    "alignment vs + MLC joint, sequential and MLC alone; MLC on en zh ru ja ar, the "
+                    "other six corpus languages unseen; the whole test split and MultiJail "
+                    "(about two hours on 2 CPU cores)",
+        common={"model_name": "qwen2.5-coder-0.5b-instruct", "languages": TRANSFER_LANGUAGES,
+                "device": "auto"},
+        notebooks={
+            "00_quickstart": {"max_new_tokens": 32},
+            "01_translation": {"languages": TRANSFER_LANGUAGES[1:]},
+            "02_hidden_states": {"n_prompts": 96},
+            "03_geometry_umap": {"n_prompts": 96},
+            "04_mlc_training": {"mlc_languages": TRANSFER_LANGUAGES[:5], "align": "sft",
+                                "train_prompts": 64, "lr": 1e-5, "mlc_batch_size": 4,
+                                "mlc_only": True, "mlc_only_lr": 1e-6, "variant": "official",
+                                "schedules": ["joint", "sequential"], "heldout_prompts": 48,
+                                "save_every": 4},
+            "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
+                                     "multijail_prompts": 24},
+        },
+        sweep="benchmarks/results/transfer_sweep.json",
+        notes="Alignment and MLC settings measured on the dev split by "
+              "benchmarks/transfer_sweep.py (criterion and candidates below). The raw model "
+              "already tells harmful from benign in English (dev: +54 points) and hardly at all "
+              "elsewhere (+2 on average over zh ru ja ar), so the MLC-only arm asks whether "
+              "consistency alone carries that over.",
     ),
     "cpu-full": Preset(
         name="cpu-full",

@@ -268,3 +268,31 @@ def test_collapse_watch_warns_once_when_prompts_merge(caplog):
     assert flags == [False, False, True, False]
     assert "collapsing" in caplog.text and "step 3" in caplog.text
     assert not CollapseWatch().check({"step": 1, "prompt_cos": 0.99})  # started there: no news
+
+
+def test_heldout_distinctness_reads_representations(tiny_llama):
+    from mlcwb.collapse import heldout_distinctness
+    from mlcwb.extract import extract
+
+    model, tok = tiny_llama
+    texts = {"en": ["one apple", "a red car", "the sea"], "de": ["ein Apfel", "ein rotes Auto", "das Meer"]}
+    from mlcwb.data import Prompt, PromptSet
+
+    prompts = PromptSet([Prompt(id=f"p{i}", text={l: texts[l][i] for l in texts}, harmful=i == 0, category="t")
+                         for i in range(3)])
+    reps = extract(model, tok, prompts, langs=["en", "de"], layers=[0, -1], pooling="content_mean",
+                   progress=False)
+    out = heldout_distinctness(reps, reps.layers[-1])
+    assert set(out) == {"pair_cos", "prompt_cos", "margin", "retrieval"}
+    assert -1 <= out["prompt_cos"] <= 1 and 0 <= out["retrieval"] <= 1
+    assert out["margin"] == pytest.approx(out["pair_cos"] - out["prompt_cos"])
+
+
+def test_balanced_subset_has_both_labels():
+    from mlcwb.data import load_corpus
+
+    test = load_corpus().select(split="test", langs=["en"])
+    sub = test.balanced(10, seed=1)
+    assert len(sub) == 10 and sum(p.harmful for p in sub) == 5
+    assert sub.ids == [i for i in test.ids if i in set(sub.ids)]
+    assert test.balanced(10, seed=1).ids == sub.ids != test.balanced(10, seed=2).ids

@@ -185,6 +185,19 @@ class PromptSet:
         self._require(codes, kept)
         return PromptSet([p.copy(codes) for p in kept], self.name)
 
+    def balanced(self, n: int, seed: int = 0) -> PromptSet:
+        """``n`` prompts, half harmful and half benign (as many as there are), drawn with ``seed``,
+        in set order: a probe or a discrimination score needs both labels, and a set's first
+        ``n`` prompts may all carry one."""
+        import random
+
+        rng = random.Random(seed)
+        harmful = [p.id for p in self.prompts if p.harmful]
+        benign = [p.id for p in self.prompts if not p.harmful]
+        half = min(n // 2, len(harmful))
+        keep = set(rng.sample(harmful, half)) | set(rng.sample(benign, min(n - half, len(benign))))
+        return self.select(ids=[p.id for p in self.prompts if p.id in keep])
+
     def texts(self, lang: str) -> list[str]:
         lang = get_language(lang).code
         self._require([lang])
