@@ -7,11 +7,14 @@ reader of ``mlcwb reproduce`` output is usually not the person who wrote the not
 
 from __future__ import annotations
 
+import functools
+import html
 import logging
 import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +106,155 @@ def _timeout_error(source: Path, output: Path, timeout: float | None) -> Noteboo
                         "(the preset's cell_timeout; leave it unset for no limit)", cell, traceback)
 
 
+# --------------------------------------------------------------------------------------------
+# Progress while a stage runs
+# --------------------------------------------------------------------------------------------
+
+PROGRESS_INTERVAL = 5.0  # seconds between two lines of the same progress bar in the log
+_PROGRESS_ENGINE = "mlcwb-progress"
+
+
+class _StreamLines:
+    """A notebook's stdout or stderr chunks as whole log lines.
+
+    Chunks arrive cut anywhere; a text progress bar redraws one line with carriage returns, so
+    of a redrawn line only its latest state is kept, shown at most every ``interval`` seconds.
+    """
+
+    def __init__(self, emit: Callable[[str], None], interval: float = PROGRESS_INTERVAL) -> None:
+        self.emit, self.interval = emit, interval
+        self.partial, self.shown, self.last = "", "", 0.0
+
+    def _show(self, text: str) -> None:
+        text = text.rstrip()
+        if text and text != self.shown:
+            self.emit(text)
+            self.shown, self.last = text, time.monotonic()
+
+    def feed(self, text: str) -> None:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self._show(line.rsplit("\r", 1)[-1])
+        if "\r" in self.partial:
+            states = [s for s in self.partial.split("\r") if s.strip()]
+            self.partial = states[-1] if states else ""
+            if self.partial and time.monotonic() - self.last >= self.interval:
+                self._show(self.partial)
+
+    def flush(self) -> None:
+        self._show(self.partial)
+        self.partial = ""
+
+
+class _WidgetBars:
+    """tqdm's notebook bars as log lines, read from the widget state the notebook client keeps.
+
+    Inside a kernel ``tqdm.auto`` draws an ipywidgets bar (an HBox of HTML, FloatProgress and
+    HTML), whose updates are comm messages, not output: without this a headless run shows none
+    of them. A bar is shown when it starts, at most every ``interval`` seconds, and when full.
+    """
+
+    def __init__(self, emit: Callable[[str], None], interval: float = PROGRESS_INTERVAL) -> None:
+        self.emit, self.interval = emit, interval
+        self.last: dict[str, tuple[float, str]] = {}
+
+    def updated(self, state: dict[str, dict[str, Any]], comm_id: str) -> None:
+        """``comm_id`` changed; if it is a bar's right-hand text (tqdm writes it last), show it."""
+        model = f"IPY_MODEL_{comm_id}"
+        for box_id, box in state.items():
+            children = box.get("children") or []
+            if box.get("_model_name") != "HBoxModel" or len(children) != 3 or children[2] != model:
+                continue
+            left, bar, right = (state.get(c.removeprefix("IPY_MODEL_"), {}) for c in children)
+            if bar.get("_model_name") != "FloatProgressModel":
+                return
+            text = html.unescape(f"{left.get('value', '')} {right.get('value', '')}")
+            text = " ".join(text.replace("\u2007", " ").split())
+            done = (bar.get("value") or 0) >= (bar.get("max") or float("inf"))
+            when, shown = self.last.get(box_id, (-float("inf"), ""))
+            if text and text != shown and (done or time.monotonic() - when >= self.interval):
+                self.emit(text)
+                self.last[box_id] = (time.monotonic(), text)
+            return
+
+
+def _source_line(cell: Any) -> str:
+    """The first line of a cell that is not blank or a comment, cut to 80 characters."""
+    lines = [ln.strip() for ln in cell.get("source", "").splitlines()]
+    first = next((ln for ln in lines if ln and not ln.startswith("#")), "")
+    return first if len(first) <= 80 else first[:77] + "..."
+
+
+@functools.lru_cache(maxsize=None)
+def _register_progress_engine() -> str:
+    """A papermill engine whose notebook client also reports progress to ``mlcwb.notebooks``:
+    each code cell as it starts, every line the notebook prints (stdout and stderr) and its
+    progress bars. The executed notebook is written exactly as by papermill's own engine.
+
+    papermill takes per-message callbacks only through its engine, so this engine builds the
+    client as ``NBClientEngine`` does, with a subclass that logs; registered once, by name.
+    """
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class ProgressClient(PapermillNotebookClient):
+        def __init__(self, nb_man: Any, stage: str, **kwargs: Any) -> None:
+            super().__init__(nb_man, **kwargs)
+            emit = functools.partial(log.info, "%s | %s", stage)
+            self.streams = {name: _StreamLines(emit) for name in ("stdout", "stderr")}
+            self.bars = _WidgetBars(emit)
+            self.stage, self.done = stage, 0
+            self.total = sum(c.cell_type == "code" and bool(c.source.strip())
+                             for c in nb_man.nb.cells)
+            self.on_cell_start = self.cell_started
+
+        def cell_started(self, cell: Any, cell_index: int) -> None:
+            for stream in self.streams.values():
+                stream.flush()
+            if cell.cell_type != "code" or not cell.source.strip():
+                return  # nbclient calls this hook for every cell, markdown ones too
+            self.done += 1
+            log.info("%s: cell %d/%d: %s", self.stage, self.done, self.total, _source_line(cell))
+
+        def log_output_message(self, output: Any) -> None:
+            if output.output_type == "stream" and output.name in self.streams:
+                self.streams[output.name].feed("".join(output.text))
+
+        def handle_comm_msg(self, outs: Any, msg: dict[str, Any], cell_index: int) -> None:
+            super().handle_comm_msg(outs, msg, cell_index)
+            self.bars.updated(self.widget_state, msg["content"].get("comm_id", ""))
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, log_output: bool = False,
+                                     start_timeout: float = 60, execution_timeout: float | None = None,
+                                     progress_stage: str = "notebook", **kwargs: Any) -> Any:
+            kwargs.pop("input_path", None)
+            client = ProgressClient(nb_man, progress_stage, timeout=execution_timeout,
+                                    startup_timeout=start_timeout, kernel_name=kernel_name,
+                                    log=logging.getLogger("papermill"), log_output=True, **kwargs)
+            try:
+                return client.execute()
+            finally:
+                for stream in client.streams.values():
+                    stream.flush()
+
+    papermill_engines.register(_PROGRESS_ENGINE, ProgressEngine)
+    return _PROGRESS_ENGINE
+
+
 def execute_notebook(source: Path, output: Path, parameters: dict[str, Any] | None = None,
-                     cell_timeout: float | None = None, kernel: str = "python3") -> float:
+                     cell_timeout: float | None = None, kernel: str = "python3",
+                     progress: bool = False) -> float:
     """Execute ``source`` into ``output`` with papermill; returns the wall time in seconds.
 
     Runs with ``notebooks/`` as the working directory, like JupyterLab does. ``cell_timeout`` is
     in seconds per cell and ``None`` (the default) sets no limit: a training cell takes as long
     as the machine needs, and a run that stops after an hour of work for a clock helps nobody.
-    Every failure becomes a ``NotebookError`` (see ``_stage_error``).
+    ``progress`` logs (logger ``mlcwb.notebooks``, INFO) each cell as it starts, what the
+    notebook prints and its progress bars, so a stage that runs for minutes is not silent; the
+    executed notebook is the same either way. Every failure becomes a ``NotebookError`` (see
+    ``_stage_error``).
     """
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -119,9 +263,11 @@ def execute_notebook(source: Path, output: Path, parameters: dict[str, Any] | No
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
+        engine = {"engine_name": _register_progress_engine(), "progress_stage": source.stem} \
+            if progress else {}
         pm.execute_notebook(str(source), str(output), parameters=parameters or {},
                             kernel_name=kernel, cwd=str(source.parent),
-                            execution_timeout=cell_timeout, progress_bar=False)
+                            execution_timeout=cell_timeout, progress_bar=False, **engine)
     except pm.PapermillExecutionError as exc:
         raise _execution_error(source, output, exc) from None
     except CellTimeoutError:

@@ -343,12 +343,28 @@ def _read_stamp(path: Path) -> dict[str, Any]:
     return stamp if isinstance(stamp, dict) else {}
 
 
+def _log_summary(stages: dict[str, dict[str, Any]], elapsed: float) -> None:
+    """One line per stage (name, ran or skipped, seconds) once the series is done: the answer
+    to "what did this invocation do?" without scrolling back through the notebooks' output."""
+    for stem, stage in stages.items():
+        seconds = float(stage.get("seconds") or 0)
+        if stage.get("skipped"):
+            log.info("stage %-24s skipped  (up to date; took %.0f s when it ran)", stem, seconds)
+        else:
+            log.info("stage %-24s ran      %.0f s", stem, seconds)
+    ran = sum(not s.get("skipped") for s in stages.values())
+    log.info("%d of %d stages ran, %d skipped, in %.0f s", ran, len(stages), len(stages) - ran,
+             elapsed)
+
+
 def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = False,
-              config: str | Path | None = None) -> dict[str, dict[str, Any]]:
+              config: str | Path | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Run the series into ``out``; returns per stage its seconds and whether it was skipped.
 
     Once a stage runs, every later stage runs too, even where its key matches: it may have read
     what the earlier stage wrote before (an interrupted rerun, a deleted executed notebook).
+    ``progress`` logs each running notebook's cells, printed lines and progress bars (see
+    ``execute_notebook``); a summary line per stage ends the run either way.
     """
     preset = preset if isinstance(preset, Preset) else load_preset(preset, config)
     out = make_run_dir(out).resolve()
@@ -375,7 +391,8 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
         log.info("[%6.0f s] %s: running (%s)", time.perf_counter() - start, notebook.stem, reason)
         rerun_rest = True
         stamp_path.unlink(missing_ok=True)  # a stage that fails now must not look done later
-        seconds = execute_notebook(notebook, executed, params, cell_timeout=preset.cell_timeout)
+        seconds = execute_notebook(notebook, executed, params, cell_timeout=preset.cell_timeout,
+                                   progress=progress)
         stamp = {"key": key, "inputs": inputs, "seconds": round(seconds, 1), "parameters": params}
         atomic_write_json(stamp_path, stamp)
         stages[notebook.stem] = {**stamp, "skipped": False}
@@ -384,4 +401,5 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
 
     paths = write_report(out, preset, stages)
     log.info("[%6.0f s] report: %s", time.perf_counter() - start, ", ".join(map(str, paths)))
+    _log_summary(stages, time.perf_counter() - start)
     return stages

@@ -260,3 +260,107 @@ def test_config_file_numbers_that_yaml_reads_as_strings(fake_series, tmp_path):
     config.write_text("common: [1, 2]\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_preset("tiny", config)
+
+
+# ------------------------------------------------------------------ progress while stages run
+
+def _chatty_notebook(path: Path) -> Path:
+    """A parameter, a cell that prints to stdout and stderr around a tqdm.auto loop (a widget in
+    a kernel), and a markdown cell in between."""
+    source = _write_notebook(path, "x = 0", "import sys, time\nfrom tqdm.auto import tqdm\n"
+                             "for _ in tqdm(range(3), desc='work'):\n    time.sleep(0.05)\n"
+                             "print('hello from the notebook', x)\nprint('to stderr', file=sys.stderr)")
+    nb = nbformat.read(source, as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell("# between"))
+    nbformat.write(nb, source)
+    return source
+
+
+def _outputs(path: Path) -> list:
+    """What a reader sees of an executed notebook: per output its type and stream text."""
+    cells = nbformat.read(path, as_version=4).cells
+    return [[(o.output_type, o.get("name"), o.get("text")) for o in c.get("outputs", [])]
+            for c in cells]
+
+
+def test_progress_logs_cells_printed_lines_and_bars_and_keeps_the_output(tmp_path, caplog):
+    from mlcwb.notebooks import execute_notebook
+
+    source = _chatty_notebook(tmp_path / "09_chatty.ipynb")
+    quiet, loud = tmp_path / "quiet.ipynb", tmp_path / "loud.ipynb"
+    with caplog.at_level("INFO", logger="mlcwb.notebooks"):
+        execute_notebook(source, quiet, {"x": 5})
+        assert "hello from the notebook" not in caplog.text  # off by default
+        execute_notebook(source, loud, {"x": 5}, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mlcwb.notebooks"]
+    assert "09_chatty | hello from the notebook 5" in lines
+    assert "09_chatty | to stderr" in lines
+    assert any(line.startswith("09_chatty | work: 100%") and "3/3" in line for line in lines)
+    assert [line for line in lines if ": cell " in line] == [
+        "09_chatty: cell 1/3: x = 0", "09_chatty: cell 2/3: x = 5",
+        "09_chatty: cell 3/3: import sys, time"]
+    assert _outputs(loud) == _outputs(quiet)
+    assert ("stream", "stdout", "hello from the notebook 5\n") in _outputs(loud)[-1]
+
+
+def test_stream_lines_join_chunks_and_keep_the_latest_redraw():
+    from mlcwb.notebooks import _StreamLines
+
+    shown: list[str] = []
+    lines = _StreamLines(shown.append, interval=3600)
+    lines.feed("hel")
+    lines.feed("lo\nwor")
+    lines.feed("ld\n\n")
+    lines.feed("\r 10%|#  |\r 50%|##  |")  # a text bar redrawn in place, faster than interval
+    lines.feed("\r100%|####|\n")
+    lines.feed("no newline at the end")
+    lines.flush()
+    assert shown == ["hello", "world", "100%|####|", "no newline at the end"]
+
+
+def test_widget_bars_follow_the_right_hand_text():
+    from mlcwb.notebooks import _WidgetBars
+
+    shown: list[str] = []
+    bars = _WidgetBars(shown.append, interval=3600)
+    state = {"box": {"_model_name": "HBoxModel",
+                     "children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]},
+             "l": {"_model_name": "HTMLModel", "value": "gen:\u20070%"},
+             "p": {"_model_name": "FloatProgressModel", "value": 0, "max": 4},
+             "r": {"_model_name": "HTMLModel", "value": "\u20070/4\u2007[00:00&lt;?]"}}
+    bars.updated(state, "r")
+    state["l"]["value"], state["r"]["value"], state["p"]["value"] = "gen: 50%", "2/4", 2
+    bars.updated(state, "r")  # within the interval: not shown
+    bars.updated(state, "l")  # the left text is not the signal
+    state["l"]["value"], state["r"]["value"], state["p"]["value"] = "gen: 100%", "4/4", 4
+    bars.updated(state, "r")  # full: shown at once
+    bars.updated(state, "x")
+    assert shown == ["gen: 0% 0/4 [00:00<?]", "gen: 100% 4/4"]
+
+
+def test_reproduce_ends_with_a_line_per_stage(fake_series, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="mlcwb.reproduce"):
+        reproduce(tmp_path / "run", _preset())
+        first = caplog.text
+        caplog.clear()
+        reproduce(tmp_path / "run", _preset(x_of_b=2))
+    for stem in STAGES:
+        assert f"stage {stem:<24} ran      0 s" in first
+    assert "3 of 3 stages ran, 0 skipped" in first
+    assert f"stage {'00_a':<24} skipped  (up to date; took 0 s when it ran)" in caplog.text
+    assert f"stage {'01_b':<24} ran" in caplog.text and "2 of 3 stages ran, 1 skipped" in caplog.text
+
+
+def test_reproduce_asks_for_progress_by_default(fake_series, tmp_path, monkeypatch):
+    seen = []
+
+    def recording(source, output, parameters=None, progress=False, **kwargs):
+        seen.append(progress)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(source.read_text())
+        return 0.0
+
+    monkeypatch.setattr(reproduce_module, "execute_notebook", recording)
+    reproduce(tmp_path / "run", _preset())
+    reproduce(tmp_path / "quiet", _preset(), progress=False)
+    assert seen == [True] * 3 + [False] * 3
