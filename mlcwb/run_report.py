@@ -27,7 +27,8 @@ from mlcwb.report import (METRICS, METRICS_CSV, holm_adjust, paired_comparison, 
 log = logging.getLogger(__name__)
 
 METHOD_LABELS = {"raw": "raw model", "align": "English-only alignment",
-                 "mlc": "+ MLC (joint)", "mlc_seq": "+ MLC (sequential)"}
+                 "mlc": "+ MLC (joint)", "mlc_seq": "+ MLC (sequential)",
+                 "mlc_only": "MLC only (no alignment)"}
 ALPHA = 0.05  # family-wise error rate of one comparison's "beyond noise" calls
 
 
@@ -119,11 +120,18 @@ def _geometry_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]
         section.tables.append(("Raw model: collinearity of the translations per layer",
                                frame[cols].set_index("layer").round(4)))
     if training:
-        keys = [k for k in ("before", "align", "mlc", "mlc_seq") if k in training]
+        arms = training.get("arms") or ["align", "mlc", "mlc_seq"]
+        keys = [k for k in ("before", *arms) if k in training]
         section.tables.append((
             f"Held-out MLC objective at the last layer ({training.get('pooling')} pooling, "
             f"{training.get('heldout_prompts')} prompts; floor {training['floor']:.4f})",
             pd.DataFrame({"MLC objective": {METHOD_LABELS.get(k, k): training[k] for k in keys}}).round(4)))
+        for key, caption in (("distinctness", "Distinctness of held-out prompts"),
+                             ("probe_auroc", "English harmful-vs-benign probe, AUROC per language")):
+            if training.get(key):
+                table = pd.DataFrame.from_dict(training[key], orient="index").rename_axis("model")
+                section.tables.append((f"{caption} (layer {training.get('layer')})",
+                                       table.rename(index=lambda k: METHOD_LABELS.get(k, k))))
     return section, training
 
 
@@ -136,32 +144,47 @@ SAFETY_JSON = Path("metrics") / "05_safety.json"
 SAFETY_TEX = "safety_table.tex"
 
 
-def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooling: str,
-                     heldout_prompts: int, steps: Mapping[str, int]) -> dict[str, Any]:
-    """Notebook 04's result in the form the report reads: the held-out MLC objective at the
-    last layer for each model (``before``, ``align``, ``mlc``, ``mlc_seq``: the ``model``
-    column of ``collinearity``), its floor, and how it was measured.
+def _rounded(frame: pd.DataFrame | None) -> dict[str, Any] | None:
+    return None if frame is None else frame.round(4).to_dict(orient="index")
 
-    ``collinearity`` is ``geometry.collinearity`` frames of every model concatenated with a
-    ``model`` column; ``steps`` the optimiser steps of each training run.
+
+def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooling: str,
+                     heldout_prompts: int, steps: Mapping[str, int], *,
+                     mlc_languages: Sequence[str] | None = None, variant: str = "official",
+                     layer: int | None = None, distinctness: pd.DataFrame | None = None,
+                     probe_auroc: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Notebook 04's result in the form the report and notebook 05 read.
+
+    The held-out MLC objective at the last layer for each model (the ``model`` column of
+    ``collinearity``: ``before`` and every arm) and its floor, how it was measured, which
+    languages MLC trained on (``unseen``: measured but not trained on), the optimiser steps of
+    each arm, and, at the MLC ``layer``, the held-out distinctness and English-probe AUROC
+    frames (one row per model).
     """
     missing = {"model", "layer", "mlc_loss", "floor"} - set(collinearity.columns)
     if missing:
         raise DataError(f"collinearity frame lacks columns {sorted(missing)}; concatenate "
                         f"geometry.collinearity(...) frames with a 'model' column.")
-    layer = int(collinearity["layer"].max())
-    last = collinearity[collinearity["layer"] == layer]
+    last_layer = int(collinearity["layer"].max())
+    last = collinearity[collinearity["layer"] == last_layer]
     losses = last.groupby("model", sort=False)["mlc_loss"].first()
-    return {**{str(m): float(v) for m, v in losses.items()}, "floor": float(last["floor"].iloc[0]),
-            "layer": layer, "pooling": pooling, "langs": list(languages),
-            "heldout_prompts": int(heldout_prompts), "steps": {k: int(v) for k, v in steps.items()}}
+    mlc_langs = list(mlc_languages or languages)
+    return {"floor": float(last["floor"].iloc[0]), "objective_layer": last_layer,
+            "pooling": pooling, "langs": list(languages), "mlc_langs": mlc_langs,
+            "unseen": [lang for lang in languages if lang not in mlc_langs], "variant": variant,
+            "layer": last_layer if layer is None else int(layer), "arms": list(steps),
+            "steps": {k: int(v) for k, v in steps.items()}, "heldout_prompts": int(heldout_prompts),
+            **{str(m): float(v) for m, v in losses.items()},
+            "distinctness": _rounded(distinctness), "probe_auroc": _rounded(probe_auroc)}
 
 
 def save_training_summary(run: str | Path, collinearity: pd.DataFrame, languages: Sequence[str],
-                          pooling: str, heldout_prompts: int, steps: Mapping[str, int]) -> Path:
-    """Write ``training_summary`` to ``run/metrics/04_mlc_training.json``; returns the path."""
+                          pooling: str, heldout_prompts: int, steps: Mapping[str, int],
+                          **measured: Any) -> Path:
+    """Write ``training_summary`` (``measured``: its keyword arguments) to
+    ``run/metrics/04_mlc_training.json``; returns the path."""
     return atomic_write_json(Path(run) / TRAINING_JSON, training_summary(
-        collinearity, languages, pooling, heldout_prompts, steps))
+        collinearity, languages, pooling, heldout_prompts, steps, **measured))
 
 
 def _records(frame: pd.DataFrame) -> dict[str, Any]:
@@ -187,12 +210,16 @@ def paired_summary(judged: Mapping[str, pd.DataFrame], n_boot: int = 1000,
 
 def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.DataFrame],
                    languages: Sequence[str], utility: Mapping[str, float] | None = None,
-                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                   n_boot: int = 1000, seed: int = 0, *, unseen: Sequence[str] = (),
+                   openings: pd.DataFrame | None = None,
+                   multijail: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """Notebook 05's result in the form the report reads: ``language_metrics`` per method,
     the paired comparisons, utility, the judge, and the sizes (from the judged rows).
 
-    ``metrics`` and ``judged`` map a method name (``raw``, ``align``, ``mlc``, ``mlc_seq``) to
-    its ``report.language_metrics`` frame and its ``judges.apply_judge`` rows.
+    ``metrics`` and ``judged`` map a method name (``raw``, ``align``, ``mlc``, ...) to its
+    ``report.language_metrics`` frame and its ``judges.apply_judge`` rows; ``unseen`` are the
+    languages MLC did not train on, ``openings`` the ``collapse.opening_diversity`` frame per
+    method, ``multijail`` the MultiJail ``language_metrics`` per method.
     """
     if not metrics or not judged:
         raise DataError("safety_summary needs the metrics and judged rows of at least one method.")
@@ -206,6 +233,10 @@ def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.
             "methods": {name: _records(frame) for name, frame in metrics.items()},
             "paired": paired_summary(judged, n_boot, seed),
             "utility": {k: float(v) for k, v in (utility or {}).items()}, "judge": judge,
+            "unseen": list(unseen),
+            "openings": [] if openings is None else
+            json.loads(openings.reset_index().to_json(orient="records")),
+            "multijail": {name: _records(frame) for name, frame in (multijail or {}).items()},
             "n_harmful": int(harmful.sum()), "n_benign": int((~harmful).sum()),
             "max_new_tokens": (settings or {}).get("max_new_tokens")}
 
@@ -213,10 +244,11 @@ def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.
 def save_safety_summary(run: str | Path, metrics: Mapping[str, pd.DataFrame],
                         judged: Mapping[str, pd.DataFrame], languages: Sequence[str],
                         utility: Mapping[str, float] | None = None, n_boot: int = 1000,
-                        seed: int = 0) -> list[Path]:
-    """Write ``safety_summary`` to ``run/metrics/05_safety.json`` and the same numbers in long
-    form to ``run/metrics.csv``; returns both paths."""
-    summary = safety_summary(metrics, judged, languages, utility, n_boot, seed)
+                        seed: int = 0, **extra: Any) -> list[Path]:
+    """Write ``safety_summary`` (``extra``: its keyword-only arguments) to
+    ``run/metrics/05_safety.json`` and the same numbers in long form to ``run/metrics.csv``;
+    returns both paths."""
+    summary = safety_summary(metrics, judged, languages, utility, n_boot, seed, **extra)
     return [atomic_write_json(Path(run) / SAFETY_JSON, summary),
             write_metrics_csv(run, summary["methods"])]
 

@@ -178,19 +178,47 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
              "first_sv_share": 0.5}
             for m, loss in {"before": 0.9, "align": 0.8, "mlc": 0.2, "mlc_seq": 0.1}.items()
             for layer in (0, 1)]
-    path = save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh"], "last", 8,
-                                 {"align": 4, "mlc": 4, "mlc_seq": 8})
+    spread = pd.DataFrame({"pair_cos": [0.5, 0.9]}, index=["before", "mlc"])
+    probe = pd.DataFrame({"en": [0.8, 0.81234], "zh": [0.6, 0.7]}, index=["before", "mlc"])
+    path = save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh", "ru"], "last", 8,
+                                 {"align": 4, "mlc": 4, "mlc_seq": 8}, mlc_languages=["en", "zh"],
+                                 variant="contrastive", layer=0, distinctness=spread,
+                                 probe_auroc=probe)
     assert path == tmp_path / "metrics" / "04_mlc_training.json"
     saved = json.loads(path.read_text())
-    assert {k: saved[k] for k in ("before", "align", "mlc", "mlc_seq", "floor", "layer")} == \
-        {"before": 1.9, "align": 1.8, "mlc": 1.2, "mlc_seq": 1.1, "floor": 0.04, "layer": 1}
-    assert saved["steps"] == {"align": 4, "mlc": 4, "mlc_seq": 8} and saved["heldout_prompts"] == 8
+    assert {k: saved[k] for k in ("before", "align", "mlc", "mlc_seq", "floor")} == \
+        {"before": 1.9, "align": 1.8, "mlc": 1.2, "mlc_seq": 1.1, "floor": 0.04}
+    assert (saved["objective_layer"], saved["layer"], saved["variant"]) == (1, 0, "contrastive")
+    assert saved["mlc_langs"] == ["en", "zh"] and saved["unseen"] == ["ru"]
+    assert saved["arms"] == ["align", "mlc", "mlc_seq"] and saved["heldout_prompts"] == 8
+    assert saved["steps"] == {"align": 4, "mlc": 4, "mlc_seq": 8}
+    assert saved["probe_auroc"]["mlc"] == {"en": 0.8123, "zh": 0.7}
     section, training = _geometry_section(tmp_path)
     assert training == saved and "floor 0.0400" in section.tables[0][0]
+    assert section.tables[2][1].loc["+ MLC (joint)", "zh"] == 0.7
     assert reading(None, training)[0].startswith("MLC lowered the held-out MLC objective")
+    plain = json.loads(save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh"], "last", 8,
+                                             {"align": 4, "mlc": 4}).read_text())
+    assert plain["mlc_langs"] == ["en", "zh"] and plain["unseen"] == [] and plain["layer"] == 1
+    assert plain["distinctness"] is None and len(_geometry_section(tmp_path)[0].tables) == 1
     with pytest.raises(DataError, match="lacks columns"):
         save_training_summary(tmp_path, pd.DataFrame(rows).drop(columns="model"), ["en"], "last",
                               8, {})
+
+
+def test_safety_summary_keeps_what_notebook_05_measured_besides_the_rates(tmp_path):
+    judged, metrics = _notebook_05_results()
+    openings = pd.DataFrame({"method": ["raw", "mlc"], "lang": ["en", "en"],
+                             "collapsed": [False, True]}).set_index(["method", "lang"])
+    jail = {"raw": metrics["raw"].loc[["en"]]}
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], n_boot=50, unseen=["zh"],
+                        openings=openings, multijail=jail)
+    saved = json.loads((tmp_path / "metrics" / "05_safety.json").read_text())
+    assert saved["unseen"] == ["zh"]
+    assert saved["openings"] == [{"method": "raw", "lang": "en", "collapsed": False},
+                                 {"method": "mlc", "lang": "en", "collapsed": True}]
+    assert list(saved["multijail"]["raw"]) == ["en"]
+    assert saved["multijail"]["raw"]["en"]["safety_rate"] == 20.0
 
 
 def test_write_report_shows_intervals_and_links_the_exports(tmp_path):
