@@ -9,6 +9,10 @@ comes from not doing work. So
   to the policy batch, padded to it, logits computed) so both can be measured;
 * LM-head logits are computed only for response positions (``logits_to_keep``).
 
+Encoder-decoder models (T5, mT5, mT0, Flan-T5) train through the same loop: alignment losses score
+the decoder's answer and the MLC states come from the encoder (``mlcwb.seq2seq``). The alignment
+loss of DPO pairs is ``pref_loss`` (``mlcwb.preference``: sigmoid, IPO, hinge, ORPO, SimPO).
+
 The model and the extractor sit in one ``nn.Module`` whose single forward does both passes, so
 accelerate's wrappers (DDP, FSDP, DeepSpeed) see one forward per step: the distributed engine is
 accelerate's, ``accelerate launch -m mlcwb.train CONFIG`` runs this file on many GPUs.
@@ -29,7 +33,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ from mlcwb.mlc import (Extractor, computed_positions, language_weights, mlc_term
                        prompt_states, shared_prefix, use_buckets)
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
+from mlcwb.seq2seq import answer_logps, collate_seq2seq, encoder_states, is_encoder_decoder
 from mlcwb.train_config import REFUSAL, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -177,6 +182,13 @@ def collate_align(examples: Sequence[AlignExample], pad_id: int, dpo: bool) -> d
             "keep": max(len(a) for a in answers) + 1}
 
 
+def collator(model: Any, pad_id: int) -> Callable[[Sequence[AlignExample], bool], dict[str, Any]]:
+    """``collate(examples, dpo)`` in the layout ``model``'s forward reads: prompt+answer rows for
+    a decoder-only model, encoder prompt rows and decoder label rows for an encoder-decoder."""
+    collate = collate_seq2seq if is_encoder_decoder(model) else collate_align
+    return lambda examples, dpo: collate(examples, pad_id, dpo)
+
+
 def encode_mlc(tokenizer: Any, groups: Sequence[Sequence[str]], chat_template: bool) -> dict[str, Tensor]:
     """Prompt-only rows (prompt-major: all languages of prompt 0, then prompt 1, ...).
 
@@ -225,6 +237,8 @@ class TrainModule(nn.Module):
     ``forward(align=..., mlc=...)`` returns answer log-probs for the alignment rows and the
     extracted vectors ``z`` (float32) of the MLC rows, from separate passes or, with
     ``batching="official"``, from one padded pass that also computes every position's logits.
+    An encoder-decoder scores answers with its decoder and takes MLC states from its encoder
+    (``mlcwb.seq2seq``); the official batching is a decoder-only layout and refuses it.
     """
 
     def __init__(self, model: nn.Module, extractor: Extractor, layer: int = -1,
@@ -234,6 +248,11 @@ class TrainModule(nn.Module):
         self.model, self.extractor = model, extractor
         self.layer, self.pooling, self.batching, self.pad_id = layer, pooling, batching, pad_id
         self.bucketed = bucketed
+        self.encoder_decoder = is_encoder_decoder(model)
+        if self.encoder_decoder and batching == "official":
+            raise ConfigError("mlc.batching 'official' appends prompts to decoder-only policy rows; "
+                              "an encoder-decoder takes its MLC states from the encoder: use "
+                              "'separate'.")
 
     def forward(self, align: dict[str, Any] | None = None,
                 mlc: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -243,18 +262,28 @@ class TrainModule(nn.Module):
             out["logps"], out["lengths"], states = self._official(align, mlc)
         else:
             if align is not None:
-                logits = self.model(input_ids=align["input_ids"], attention_mask=align["attention_mask"],
-                                    position_ids=position_ids(align["attention_mask"]),
-                                    logits_to_keep=align["keep"], use_cache=False).logits
-                out["logps"], out["lengths"] = response_logps(logits, align)
+                out["logps"], out["lengths"] = self._answer_logps(align)
             if mlc is not None:
-                states = prompt_states(self.model, mlc["input_ids"], mlc["attention_mask"],
-                                       self.layer, self.pooling, mlc.get("content_mask"),
-                                       bucketed=self.bucketed)
+                states = self._prompt_states(mlc)
         if states is not None:
             out["states"] = states
             out["z"] = self.extractor(states)
         return out
+
+    def _answer_logps(self, align: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        if self.encoder_decoder:
+            return answer_logps(self.model, align)
+        logits = self.model(input_ids=align["input_ids"], attention_mask=align["attention_mask"],
+                            position_ids=position_ids(align["attention_mask"]),
+                            logits_to_keep=align["keep"], use_cache=False).logits
+        return response_logps(logits, align)
+
+    def _prompt_states(self, mlc: dict[str, Tensor]) -> Tensor:
+        if self.encoder_decoder:
+            return encoder_states(self.model, mlc["input_ids"], mlc["attention_mask"], self.layer,
+                                  self.pooling, mlc.get("content_mask"))
+        return prompt_states(self.model, mlc["input_ids"], mlc["attention_mask"], self.layer,
+                             self.pooling, mlc.get("content_mask"), bucketed=self.bucketed)
 
     def _official(self, align: dict[str, Any], mlc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The paper's batching: prompts padded to the policy rows, one pass, all logits."""
@@ -468,8 +497,9 @@ def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
+    task = "SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM"
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+                                            target_modules=lora.target_modules, task_type=task))
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> None:
@@ -483,14 +513,14 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> 
 
 
 def _reference_logps(accelerator: Any, module: nn.Module, data: TrainData, config: TrainConfig,
-                     pad_id: int) -> Tensor:
+                     collate: Callable[[Sequence[AlignExample], bool], dict[str, Any]]) -> Tensor:
     """(n, 2) log-probs of chosen/rejected answers under the initial model, computed once."""
     rows = []
     module.eval()
     with torch.no_grad():
         for start in tqdm(range(0, len(data.align), config.batch_size), desc="reference log-probs",
                           disable=not accelerator.is_local_main_process, leave=False):
-            batch = collate_align(data.align[start:start + config.batch_size], pad_id, dpo=True)
+            batch = collate(data.align[start:start + config.batch_size], True)
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with accelerator.autocast():
                 logps = module(align=batch)["logps"].float()
@@ -512,8 +542,6 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
         raise ConfigError("Pass both model and tokenizer, or neither (config.model is loaded).")
     if model is None:
         model, tokenizer = load_model(config.model, device="cpu", dtype=torch.float32)
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ConfigError(f"{type(model).__name__} is an encoder-decoder; mlcwb trains decoder-only models.")
     data = prepare_data(config, prompts if prompts is not None else load_prompts(config), tokenizer)
     mlc_cfg = config.mlc if config.uses_mlc else None
     accelerator = _make_accelerator(config, find_unused=mlc_cfg is not None)
@@ -534,10 +562,8 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     reference = extractor.reference()
     weights = language_weights(data.langs, mlc_cfg.lang_weights) if mlc_cfg else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    module = TrainModule(model, extractor, mlc_cfg.layer if mlc_cfg else -1,
-                         mlc_cfg.pooling if mlc_cfg else "last",
-                         mlc_cfg.batching if mlc_cfg else "separate", pad_id,
-                         bucketed=use_buckets(mlc_cfg, accelerator.device))
+    collate = collator(model, pad_id)
+    module = core = _train_module(config, model, extractor, pad_id, accelerator.device)
 
     ckpt = latest_checkpoint(output_dir) if config.resume else None
     saved: dict[str, Any] | None = None
@@ -567,7 +593,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     ref_logps = None
     if config.align == "dpo" and config.pref_loss not in REFERENCE_FREE:
         ref_logps = saved["ref_logps"] if saved else _reference_logps(
-            accelerator, module, data, config, pad_id)
+            accelerator, module, data, config, collate)
     start = 0
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
@@ -601,9 +627,10 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
         if phase.align:
             rows = _slice(len(data.align), config.batch_size, phase.steps_per_epoch, j,
                           config.seed, index, rank, world)
-            align_batch = collate_align([data.align[i] for i in rows], pad_id, config.align == "dpo")
+            align_batch = collate([data.align[i] for i in rows], config.align == "dpo")
             align_batch["rows"] = torch.tensor(rows)
-            tokens += int(align_batch["attention_mask"].sum())
+            tokens += int(align_batch["attention_mask"].sum()) + (
+                int(align_batch["response_mask"].sum()) if "labels" in align_batch else 0)
         use_mlc = phase.mlc and (not phase.align or j % mlc_cfg.aux_every == 0)
         if use_mlc:
             n_mlc = len(data.mlc_texts)
@@ -612,7 +639,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
             picked = _slice(n_mlc, mlc_cfg.batch_size, per_epoch, jm, config.seed, 100 + index, rank, world)
             mlc_batch = encode_mlc(tokenizer, [data.mlc_texts[i] for i in picked], config.chat_template)
             tokens += int(mlc_batch["attention_mask"].sum())
-        positions = _positions(align_batch, mlc_batch, module)
+        positions = _positions(align_batch, mlc_batch, core)
         with accelerator.autocast():
             out = module(align=to_device(align_batch) if align_batch else None,
                          mlc=to_device(mlc_batch) if mlc_batch else None)
@@ -661,12 +688,27 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts
     return _finish(accelerator, module, tokenizer, output_dir, total, ckpt, saved)
 
 
+def _train_module(config: TrainConfig, model: nn.Module, extractor: Extractor, pad_id: int,
+                  device: torch.device) -> TrainModule:
+    """The module for ``model``: an encoder-decoder pools its encoder with ``encoder_pooling`` and
+    runs one padded MLC batch (the shared-prefix cache behind length buckets needs causal
+    attention, which an encoder does not have)."""
+    mlc_cfg = config.mlc if config.uses_mlc else None
+    if mlc_cfg is None:
+        return TrainModule(model, extractor, pad_id=pad_id)
+    seq2seq = is_encoder_decoder(model)
+    return TrainModule(model, extractor, mlc_cfg.layer,
+                       config.encoder_pooling if seq2seq else mlc_cfg.pooling, mlc_cfg.batching,
+                       pad_id, bucketed=use_buckets(mlc_cfg, device) and not seq2seq)
+
+
 def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, module: TrainModule) -> int:
     """Positions the forward computes (real tokens + padding): the cost the batching decides."""
     if align is not None and mlc is not None and module.batching == "official":
         rows = align["input_ids"].shape[0] + mlc["input_ids"].shape[0]
         return rows * max(align["input_ids"].shape[1], mlc["input_ids"].shape[1])
-    return (align["input_ids"].numel() if align is not None else 0) + \
+    return (align["input_ids"].numel() + (align["labels"].numel() if "labels" in align else 0)
+            if align is not None else 0) + \
         (computed_positions(mlc["attention_mask"], module.bucketed,
                             shared_prefix(mlc["input_ids"], mlc["attention_mask"], mlc.get("content_mask"))
                             if module.bucketed else 0) if mlc is not None else 0)
@@ -712,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "align_objective",
-           "collate_align",
+           "collate_align", "collator",
            "dpo_loss", "encode_mlc", "latest_checkpoint", "load_extractor", "load_prompts", "main",
            "plan", "prepare_data", "response_logps", "save_checkpoint", "sft_loss", "train"]
 

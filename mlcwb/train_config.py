@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from mlcwb.errors import ConfigError, LanguageError
+from mlcwb.extract import POOLINGS
 from mlcwb.languages import get_language
 from mlcwb.mlc import MLCConfig
 from mlcwb.preference import PREF_LOSSES
@@ -29,6 +30,7 @@ SCHEDULES = ("joint", "sequential")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BENIGN_REJECTED = ("refusal", "skip")
 PREF_LOSS = PREF_LOSSES  # the name under which `mlcwb config train` finds a key's choices
+ENCODER_POOLINGS = POOLINGS
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
@@ -59,6 +61,10 @@ class TrainConfig:
     ``simpo_gamma``: SimPO's target reward margin γ, in reward units (trl's convention; SimPO's
     own code sets gamma_beta_ratio = γ/β, its default 0.25 x β 2.0 = 0.5).
     ``orpo_lambda``: ORPO's λ, the weight of the odds-ratio term beside the SFT loss.
+    ``encoder_pooling``: for encoder-decoder models (T5, mT5, mT0), how the MLC prompt vector is
+    pooled from the encoder (``mlc.pooling`` serves decoder-only models): ``content_mean``, the
+    mean over the prompt's own tokens, since no encoder position is the one the answer is
+    predicted from; ``content_last`` or ``last`` for a last-token variant. See ``mlcwb.seq2seq``.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -86,6 +92,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     max_length: int = 1024
     chat_template: bool = True
+    encoder_pooling: str = "content_mean"
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
@@ -154,6 +161,8 @@ class TrainConfig:
              f"pref_loss {self.pref_loss!r} is a preference loss: it needs align: dpo, got "
              f"align: {self.align}"),
             (self.simpo_gamma >= 0 and self.orpo_lambda >= 0, "simpo_gamma and orpo_lambda must be >= 0"),
+            (self.encoder_pooling in ENCODER_POOLINGS,
+             f"encoder_pooling {self.encoder_pooling!r}: use one of {ENCODER_POOLINGS}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_prompts is None or self.max_prompts >= 1,
              f"max_prompts must be >= 1, got {self.max_prompts}"),
@@ -386,5 +395,5 @@ def _flatten(hint: Any) -> set[Any]:
     return set().union(*(_flatten(a) for a in args)) if args else {hint}
 
 
-__all__ = ["ALIGNS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "SCHEDULES",
+__all__ = ["ALIGNS", "ENCODER_POOLINGS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "SCHEDULES",
            "TrainConfig"]

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from mlcwb.errors import ConfigError
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, prompt_states, use_buckets
+from mlcwb.seq2seq import is_encoder_decoder
 from mlcwb.train import encode_mlc
 
 
@@ -36,6 +37,10 @@ class MLCTrainerMixin:
                  mlc_prompts: Sequence[Sequence[str]] = (), mlc_chat_template: bool = True,
                  mlc_langs: Sequence[str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if is_encoder_decoder(self.model):
+            raise ConfigError(f"{type(self.model).__name__} is an encoder-decoder: the trl bridge reads "
+                              f"decoder-only prompt states; train it with mlcwb.train, which takes "
+                              f"the MLC states from the encoder.")
         self.mlc_config = (mlc_config or MLCConfig()).validate()
         self.mlc_prompts = [list(group) for group in mlc_prompts]
         if len(self.mlc_prompts) < self.mlc_config.batch_size or any(

@@ -237,17 +237,17 @@ def test_sequential_schedule_and_sft_with_lora(tmp_path):
 
 @pytest.mark.slow
 def test_nan_never_reaches_the_optimizer_and_the_last_good_state_is_kept(tmp_path, monkeypatch):
-    import mlcwb.train as train_module
+    import mlcwb.mlc as mlc_module
 
     calls = {"n": 0}
-    real = train_module.mlc_objective
+    real = mlc_module.mlc_objective
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 3 else value  # step 3 (2 calls per MLC step)
 
-    monkeypatch.setattr(train_module, "mlc_objective", poisoned)
+    monkeypatch.setattr(mlc_module, "mlc_objective", poisoned)  # what mlc_term calls
     model, tok = load_model("tiny-random-llama", device="cpu")
     config = tiny_config(tmp_path, epochs=2)
     snapshots = []
@@ -315,6 +315,17 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 
 # ------------------------------------------------------------------ trl bridge
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """trl's trainers leave a process-wide AcceleratorState behind (bf16 where the CPU supports
+    it), which a later ``Accelerator(mixed_precision="no")`` in the same process may not change:
+    drop it after each trl run so the tests after it start clean."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
 
 def test_mixin_adds_lambda_times_mlc_to_the_parent_loss(tiny_llama):
     from types import SimpleNamespace
@@ -386,7 +397,7 @@ def test_trainer_and_trl_bridge_compute_one_mlc_term(tiny_llama, variant):
 
 
 @pytest.mark.slow
-def test_trl_sft_trainer_with_mlc_runs_two_steps(tmp_path, tiny_llama):
+def test_trl_sft_trainer_with_mlc_runs_two_steps(tmp_path, tiny_llama, fresh_accelerate_state):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
