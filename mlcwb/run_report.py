@@ -125,7 +125,8 @@ def _geometry_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]
         section.tables.append((
             f"Held-out MLC objective at the last layer ({training.get('pooling')} pooling, "
             f"{training.get('heldout_prompts')} prompts; floor {training['floor']:.4f})",
-            pd.DataFrame({"MLC objective": {METHOD_LABELS.get(k, k): training[k] for k in keys}}).round(4)))
+            pd.DataFrame({"MLC objective": {METHOD_LABELS.get(k, k): training[k] for k in keys}})
+            .rename_axis("model").round(4)))
         for key, caption in (("distinctness", "Distinctness of held-out prompts"),
                              ("probe_auroc", "English harmful-vs-benign probe, AUROC per language")):
             if training.get(key):
