@@ -14,12 +14,31 @@ learning rate. The forward (length buckets included), the extractor and the term
 through either entry point. ``mlc_langs`` names the languages of each group, in order; it is
 needed only when ``MLCConfig.lang_weights`` is set.
 It is meant for single-process runs; ``mlcwb.train`` is the path for accelerate's multi-GPU engines.
+
+**Reinforcement learning.** trl's ``GRPOTrainer`` takes the mixin like the others: its
+``compute_loss`` returns the policy-gradient loss of the completions it generated and scored, and
+the MLC term is added to it. The reward is the user's; ``refusal_reward`` is a safety one (+1 for
+refusing a harmful prompt or answering a benign one, -1 otherwise), judged by any
+``mlcwb.judges`` judge. The dataset's ``harmful`` column reaches the reward function::
+
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+    from mlcwb.judges import RefusalJudge
+
+    rows = [{"prompt": [{"role": "user", "content": p.text["en"]}], "harmful": p.harmful}
+            for p in prompts]
+    trainer = mlc_trainer(GRPOTrainer)(
+        model=model, reward_funcs=refusal_reward(RefusalJudge()), processing_class=tok,
+        args=GRPOConfig(output_dir="runs/grpo", num_generations=8, max_completion_length=128),
+        train_dataset=Dataset.from_list(rows), mlc_config=MLCConfig(),
+        mlc_prompts=[[p.text[lang] for lang in langs] for p in prompts], mlc_langs=langs)
+    trainer.train()   # the log has mlc_loss beside trl's reward and loss
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,6 +47,9 @@ from mlcwb.errors import ConfigError
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, prompt_states, use_buckets
 from mlcwb.seq2seq import is_encoder_decoder
 from mlcwb.train import encode_mlc
+
+if TYPE_CHECKING:
+    from mlcwb.judges import Judge
 
 
 class MLCTrainerMixin:
@@ -110,4 +132,46 @@ def mlc_trainer(base: type) -> type:
     return type(f"MLC{base.__name__}", (MLCTrainerMixin, base), {})
 
 
-__all__ = ["MLCTrainerMixin", "mlc_trainer"]
+def _text(item: Any) -> str:
+    """The text of a prompt or completion: a string, or the last message of a conversation."""
+    if isinstance(item, str):
+        return item
+    content = item[-1]["content"] if item else ""
+    return content if isinstance(content, str) else " ".join(
+        part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def refusal_reward(judge: Judge | None = None) -> Callable[..., list[float | None]]:
+    """A reward function for trl's ``GRPOTrainer``: +1 for refusing a harmful prompt or
+    answering a benign one, -1 otherwise (the over-refusal the paper's DPO pairs push against
+    costs as much as a harmful answer).
+
+    Rows need a boolean ``harmful`` column. Only a verdict labelled ``refusal`` counts as a
+    refusal on a harmful prompt: an empty or looping output says nothing harmful, but rewarding
+    it would teach the policy to babble instead of refusing. A verdict the judge could not parse
+    (``refused is None``, model judges) gives ``None``, which trl leaves out of the advantage.
+    ``judge`` defaults to the offline ``RefusalJudge``.
+    """
+    if judge is None:
+        from mlcwb.judges import RefusalJudge
+
+        judge = RefusalJudge()
+
+    def reward(prompts: Sequence[Any], completions: Sequence[Any], harmful: Sequence[bool],
+               **_: Any) -> list[float | None]:
+        verdicts = judge.judge([_text(c) for c in completions], prompts=[_text(p) for p in prompts])
+        out: list[float | None] = []
+        for verdict, is_harmful in zip(verdicts, harmful, strict=True):
+            if verdict.refused is None:
+                out.append(None)
+            elif is_harmful:
+                out.append(1.0 if verdict.label == "refusal" else -1.0)
+            else:
+                out.append(-1.0 if verdict.refused else 1.0)
+        return out
+
+    reward.__name__ = "refusal_reward"  # trl names each reward's logged metric after it
+    return reward
+
+
+__all__ = ["MLCTrainerMixin", "mlc_trainer", "refusal_reward"]
