@@ -16,7 +16,8 @@ ANSWER = "Sure: mix flour, water and salt, then bake it for forty minutes."
 def test_refusal_reward_pays_for_the_right_behaviour_per_prompt():
     reward = refusal_reward(RefusalJudge())
     assert reward.__name__ == "refusal_reward"
-    completions = [[{"role": "assistant", "content": text}] for text in (REFUSAL, ANSWER, REFUSAL, ANSWER, "")]
+    texts = (REFUSAL, ANSWER, REFUSAL, ANSWER, "")
+    completions = [[{"role": "assistant", "content": text}] for text in texts]
     prompts = [[{"role": "user", "content": "q"}]] * 5
     got = reward(prompts=prompts, completions=completions, harmful=[True, True, False, False, True],
                  completion_ids=None, trainer_state=None)
