@@ -503,7 +503,10 @@ def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> None:
+    """Refuse a checkpoint of a different run. A key the checkpoint lacks was added to
+    TrainConfig after the run began and counts as its default, so such a run still resumes."""
     current = config.to_dict()
+    saved = {**TrainConfig().to_dict(), **saved}
     changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         raise TrainingError(

@@ -438,3 +438,17 @@ def test_every_preference_loss_trains_and_only_reference_losses_compute_a_refere
     assert bool(calls) == (pref_loss in ("sigmoid", "ipo", "hinge"))
     assert all(math.isfinite(r["align_loss"]) and "reward_acc" in r for r in result.log)
     assert ("nll" in result.log[0]) == (pref_loss == "orpo")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
+    config = tiny_config(tmp_path, max_steps=2, save_every=1)
+    train(config, prompts=tiny_prompts())
+    ckpt = latest_checkpoint(config.output_dir)
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)
+    for key in ("pref_loss", "simpo_gamma", "orpo_lambda", "encoder_pooling"):
+        del state["config"][key]
+    torch.save(state, ckpt / "training_state.pt")
+    assert train(config.replace(max_steps=3), prompts=tiny_prompts()).resumed_from == 1
+    with pytest.raises(TrainingError, match="pref_loss"):
+        train(config.replace(max_steps=4, pref_loss="ipo"), prompts=tiny_prompts())
