@@ -65,13 +65,16 @@ def _config_section(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -
 
 
 def _choice_section(preset: Any) -> Section | None:
-    """How the preset's alignment sizes were chosen: the measured sweep it cites, if any."""
+    """How the preset's settings were chosen: the measured sweep it cites, if any."""
     from mlcwb.paths import repo_root
 
     path = repo_root() / preset.sweep if getattr(preset, "sweep", None) else None
     sweep = _read_json(path) if path else None
     if sweep is None:
         return None
+    where = f"Measured by `benchmarks/{Path(preset.sweep).stem}.py` on {sweep['date']}; results in `{preset.sweep}`."
+    if "criterion" in sweep:
+        return _criterion_sweep_section(sweep, where)
     rows = {}
     several = len({c["model"] for c in sweep["candidates"]}) > 1
     for c in sweep["candidates"]:
@@ -89,9 +92,34 @@ def _choice_section(preset: Any) -> Section | None:
          f"split and answered test prompts in {', '.join(setup['languages'])} "
          f"({setup['max_new_tokens']} new tokens, {setup['judge']}); `room` is English safety minus "
          f"the other languages' mean. The experiment means something only where room is large and "
-         f"benign prompts are still answered. Measured by `benchmarks/{Path(preset.sweep).stem}.py` "
-         f"on {sweep['date']}; results in `{preset.sweep}`."]
+         f"benign prompts are still answered. {where}"]
         + [f"`{label}`: {note}." for label, note in sweep.get("models", {}).items()],
+        [("Candidates (rates in %)", pd.DataFrame(rows).T)])
+
+
+def _criterion_sweep_section(sweep: dict[str, Any], where: str) -> Section:
+    """A sweep that states its selection criterion (written before it ran) and its choice."""
+    rows = {}
+    for c in sweep["candidates"]:
+        settings = c.get("settings") or {k: c[k] for k in ("lr", "lora") if k in c}
+        rows[c["name"]] = {
+            "align": c["align"] or "–", "settings": ", ".join(f"{k} {v}" for k, v in settings.items()) or "–",
+            "steps": c["steps"], "train s": c["train_s"], "en safety": c["en_safety"],
+            "en over-refusal": c["en_over_refusal"], "en discrimination": c["en_discrimination"],
+            "others' discrimination (mean)": c["others_discrimination_mean"], "gap": c["gap"],
+            "collapsed": ", ".join(c.get("collapsed_langs", [])) or "–"}
+    setup = sweep["setup"]
+    chosen = sweep.get("chosen")
+    return Section(
+        "How the preset's settings were chosen",
+        [f"Each candidate was trained on the corpus train split and answered the **{setup['split']}** "
+         f"split ({setup['n_harmful']} harmful + {setup['n_benign']} benign prompts) in "
+         f"{', '.join(setup['languages'])} ({setup['max_new_tokens']} new tokens, {setup['judge']}). "
+         f"Discrimination is refusal on harmful minus refusal on benign prompts (points); `gap` is "
+         f"English discrimination minus the other languages' mean. {where}",
+         f"Criterion, written before the sweep ran: {sweep['criterion']}",
+         f"Chosen: `{chosen}`." if chosen else
+         "No candidate met the criterion: the preset keeps its settings for the reasons in its notes."],
         [("Candidates (rates in %)", pd.DataFrame(rows).T)])
 
 

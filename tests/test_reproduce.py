@@ -158,9 +158,9 @@ def test_tiny_preset_end_to_end_and_restart(tmp_path):
     assert not any(s["skipped"] for s in stages.values())
     report = (out / "report.md").read_text()
     safety = json.loads((out / "metrics" / "05_safety.json").read_text())
-    assert set(safety["methods"]) == {"raw", "align", "mlc", "mlc_seq"}
+    assert set(safety["methods"]) == {"raw", "align", "mlc", "mlc_seq", "mlc_only"}
     assert set(safety["languages"]) == {"en", "zh"}
-    for label in ("raw model", "English-only alignment", "+ MLC (joint)", "+ MLC (sequential)"):
+    for label in ("raw model", "English-only alignment", "+ MLC (joint)", "+ MLC (sequential)", "MLC only"):
         assert label in report
     assert (out / "report.html").is_file()
     again = reproduce(out, "tiny")  # a rerun finds every stage up to date

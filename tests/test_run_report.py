@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,6 +109,35 @@ def test_choice_section_tabulates_the_cited_sweep(tmp_path, monkeypatch):
     table = section.tables[0][1]
     assert table.loc["sft-a", "room"] == 30.0 and table.loc["sft-a", "en safety"] == 50.0
     assert _choice_section(Preset("p", "d", {"model_name": "m"})) is None
+
+
+def test_choice_section_states_a_sweeps_criterion_and_choice(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "transfer_sweep", Path(__file__).resolve().parent.parent / "benchmarks" / "transfer_sweep.py")
+    sweep_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_module)
+    def cand(name, align, en, others, over, train_s=100.0):
+        return {"name": name, "model": "m", "align": align, "settings": {"lr": 1e-5} if align else {},
+                "steps": 8, "train_s": train_s, "en_safety": 80.0, "en_over_refusal": over,
+                "en_discrimination": en, "others_discrimination_mean": others, "gap": en - others,
+                "collapsed_langs": [], "per_language": []}
+    candidates = [cand("raw", None, 50.0, 2.0, 5.0), cand("sft-a", "sft", 40.0, 8.0, 30.0),
+                  cand("sft-b", "sft", 60.0, 4.0, 10.0), cand("sft-c", "sft", 61.0, 4.0, 10.0, 999.0),
+                  cand("mlc-x", "none", 55.0, 20.0, 5.0)]
+    chosen = sweep_module.choose(candidates, budget_s=480)
+    assert chosen == "sft-b"  # a rises English discrimination; c is over budget; mlc-x is not alignment
+    sweep = {"date": "2026-01-01", "criterion": "the criterion text", "chosen": chosen,
+             "setup": {"languages": ["en", "zh"], "split": "dev", "n_harmful": 24, "n_benign": 24,
+                       "max_new_tokens": 32, "judge": "RefusalJudge"}, "candidates": candidates}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    monkeypatch.setattr("mlcwb.paths.repo_root", lambda: tmp_path)
+    section = _choice_section(Preset("p", "d", {"model_name": "m"}, sweep="sweep.json"))
+    assert any("the criterion text" in p for p in section.paragraphs)
+    assert any("Chosen: `sft-b`" in p for p in section.paragraphs)
+    table = section.tables[0][1]
+    assert table.loc["sft-b", "gap"] == 56.0 and table.loc["raw", "align"] == "–"
 
 
 def test_the_quick_preset_cites_a_committed_sweep():
