@@ -7,13 +7,12 @@ stages, so ``mlcwb --help`` answers at once instead of after importing torch and
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from mlcwb import __version__
 from mlcwb.commands import config, evaluate, extract, fetch_model, notebooks, reproduce, train, translate
-from mlcwb.errors import MLCWBError
+from mlcwb.commands.base import run_command
 
 COMMANDS = (fetch_model, translate, extract, train, evaluate, reproduce, config, notebooks)
 DESCRIPTION = ("The Multi-Lingual Consistency workbench: fetch a model, translate prompts, extract "
@@ -29,18 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.register(sub)
     return parser
-
-
-def run_command(args: argparse.Namespace, prog: str) -> int:
-    """Run a parsed command; an ``MLCWBError`` becomes one line on stderr and exit status 2,
-    because its message already says what to do and a stack trace would bury it."""
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except MLCWBError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -530,17 +530,5 @@ def _read_cache(path: Path, key: dict) -> Representations | None:
     return reps
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``mlcwb extract``; its arguments live in ``mlcwb.commands.extract``, which
-    ``mlcwb --help`` reads without importing this module (and torch)."""
-    from mlcwb.commands.extract import register
-
-    register(subparsers)
-
-
-__all__ = ["POOLINGS", "Representations", "add_cli", "encode_with_content", "extract",
+__all__ = ["POOLINGS", "Representations", "encode_with_content", "extract",
            "num_layers", "pool_hidden"]

@@ -1,9 +1,10 @@
 """The Multi-Lingual Consistency (MLC) loss, its extractor head and its variants.
 
-The idea (DESIGN.md section 5): the representations of one prompt in L languages should point the
-same way. Stack the L (extracted, L2-normalised) vectors into Z (L x d). If they are collinear, Z
-has rank 1 and its first singular value carries all the energy. The official loss turns the
-singular values into logits ``(s / stopgrad(s1)) / tau`` and asks cross-entropy for index 0.
+The idea (docs/design.md, "The MLC loss"): the representations of one prompt in L languages
+should point the same way. Stack the L (extracted, L2-normalised) vectors into Z (L x d). If they
+are collinear, Z has rank 1 and its first singular value carries all the energy. The official
+loss turns the singular values into logits ``(s / stopgrad(s1)) / tau`` and asks cross-entropy
+for index 0.
 
 Two numerical choices matter and are proved by tests:
 

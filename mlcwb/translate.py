@@ -493,15 +493,3 @@ def translate_promptset(prompts: Any, translator: Translator, langs: str | Seque
         rows = translate_rows(subset, translator, [tgt], src=src, cache=cache, progress=progress)
         out = fill_from_rows(out, rows)
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``mlcwb translate``; its arguments live in ``mlcwb.commands.translate``, which
-    ``mlcwb --help`` reads without importing this module (and torch)."""
-    from mlcwb.commands.translate import register
-
-    register(subparsers)

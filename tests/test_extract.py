@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from mlcwb.commands.extract import register
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import ConfigError, ExtractionError, LanguageError
-from mlcwb.extract import (POOLINGS, Representations, _backbone, add_cli, encode_with_content,
+from mlcwb.extract import (POOLINGS, Representations, _backbone, encode_with_content,
                            extract, num_layers, pool_hidden)
 from mlcwb.models import encode_prompts
 
@@ -310,7 +311,7 @@ def test_errors_say_what_is_wrong(tiny_llama) -> None:
 
 def test_cli_registers_extract() -> None:
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="cmd"))
+    register(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(["extract", "--langs", "en,zh", "--layers", "0,-1", "--pooling",
                               "content_mean", "--split", "test", "--out", "runs/x"])
     assert args.cmd == "extract" and args.pooling == "content_mean" and callable(args.func)

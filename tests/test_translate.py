@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from mlcwb.commands.translate import register
 from mlcwb.data import Prompt, PromptSet, load_corpus
 from mlcwb.errors import ConfigError, TranslationError
 from mlcwb.languages import LANGUAGES
 from mlcwb.translate import (CachedTranslator, CorpusTranslator, HFSeq2SeqTranslator, LLMTranslator,
-                             TranslationCache, add_cli, clean_llm_output, make_translator, translate_promptset,
+                             TranslationCache, clean_llm_output, make_translator, translate_promptset,
                              translate_rows)
 from mlcwb.translation_checks import (LengthModel, acceptance_table, check_translations, chrf,
                                       corpus_acceptance, detector_labels)
@@ -295,7 +296,7 @@ def test_cli_translate(tmp_path, capsys):
     src = load_corpus(["en"]).select(ids=["h-fraud-01", "b-fraud-01"])
     src.save(tmp_path / "in.jsonl")
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["translate", "--input", str(tmp_path / "in.jsonl"), "--langs", "zh,ru",
                               "--out", str(tmp_path / "out.jsonl"), "--checks", str(tmp_path / "checks.csv"),
                               "--cache", str(tmp_path / "cache.jsonl")])

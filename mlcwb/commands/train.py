@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mlcwb.train``: the same arguments as ``mlcwb train``, without the subcommand."""
-    from mlcwb.cli import run_command
+    from mlcwb.commands.base import run_command
 
     parser = arguments(argparse.ArgumentParser(prog="mlcwb.train",
                                                description="Align (SFT/DPO) + MLC training."))

@@ -1,0 +1,30 @@
+"""What every ``mlcwb`` command shares: running a parsed command and turning mlcwb's errors into
+one line.
+
+It sits below ``mlcwb.cli`` and the command modules alike, so ``python -m mlcwb.train`` (through
+``mlcwb.commands.train.main``) runs a command the way ``mlcwb train`` does without importing the
+``mlcwb`` entry point. Like every module here it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mlcwb.errors import MLCWBError
+
+
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """Run a parsed command; an ``MLCWBError`` becomes one line on stderr and exit status 2,
+    because its message already says what to do and a stack trace would bury it."""
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MLCWBError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["run_command"]
