@@ -1,7 +1,7 @@
 """Training: an alignment loss (SFT or DPO) plus the MLC term, on accelerate, with resume.
 
-The loop is written for the cost structure DESIGN.md section 10 measured: on small hardware speed
-comes from not doing work. So
+The loop is written for the cost structure docs/design.md ("Training and checkpoints")
+describes: on small hardware speed comes from not doing work. So
 
 * DPO's reference log-probs are computed once, before training (no reference model in memory);
 * the MLC prompts run in their own prompt-only forward through the backbone (no LM head, no padding
@@ -100,7 +100,8 @@ def prepare_data(config: TrainConfig, prompts: Any, tokenizer: Any) -> TrainData
     DPO pairs: chosen = ``response``, rejected = ``rejected`` for harmful prompts; benign prompts
     have no unsafe answer, so with ``benign_rejected="refusal"`` their rejected answer is a
     refusal: the pair rewards answering a harmless question over refusing it, which pushes
-    against the over-refusal an English-only safety pass causes (DESIGN.md section 10).
+    against the over-refusal an English-only safety pass causes (docs/design.md, "Training and
+    checkpoints").
     """
     prompts = prompts.select(split=config.split)
     if len(prompts) == 0:
@@ -746,20 +747,12 @@ def _finish(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: P
                        total, rows, saved["step"] if saved else 0)
 
 
-# ------------------------------------------------------------------------------------ CLI
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m mlcwb.train CONFIG`` and ``accelerate launch -m mlcwb.train CONFIG``;
-    the arguments are ``mlcwb train``'s, defined in ``mlcwb.commands.train``."""
-    from mlcwb.commands.train import main as train_main
-
-    return train_main(argv)
-
-
 __all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "align_objective",
            "collate_align", "collator",
-           "dpo_loss", "encode_mlc", "latest_checkpoint", "load_extractor", "load_prompts", "main",
+           "dpo_loss", "encode_mlc", "latest_checkpoint", "load_extractor", "load_prompts",
            "plan", "prepare_data", "response_logps", "save_checkpoint", "sft_loss", "train"]
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m mlcwb.train / accelerate launch -m mlcwb.train: `mlcwb train`
+    from mlcwb.commands.train import main
+
     sys.exit(main())

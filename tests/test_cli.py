@@ -114,7 +114,7 @@ def test_config_train_comments_every_key(capsys):
 
 def test_train_module_entry_point_shares_the_arguments(tmp_path, capsys):
     """`python -m mlcwb.train CONFIG` (and accelerate launch) parse like `mlcwb train`."""
-    from mlcwb.train import main as train_main
+    from mlcwb.commands.train import main as train_main
 
     assert train_main([str(tmp_path / "missing.yaml"), "--max-steps", "1"]) == 2
     err = capsys.readouterr().err

@@ -24,11 +24,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlcwb"
 
-# Cycles present today (each as ``cycles`` reports it). test_no_import_cycles is a strict xfail
-# while this is not empty: when a cycle is gone, remove it here and, once none is left, the xfail.
-KNOWN_CYCLES = {
-    ("mlcwb.commands.train", "mlcwb.train"),
-}
 
 
 def module_files(package: Path = PACKAGE) -> dict[str, Path]:
@@ -199,18 +194,6 @@ def test_cycle_finder() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_no_cycle_beyond_the_known_ones() -> None:
-    """Strict today: a new cycle fails here even while the known ones are being removed."""
-    new = [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES]
-    assert not new, "new import cycle(s) in mlcwb:\n" + _describe(new)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "import cycle mlcwb.commands.train -> mlcwb.train -> mlcwb.commands.train: mlcwb.train.main "
-    "imports mlcwb.commands.train.main, whose handler imports mlcwb.train.train; fix: move "
-    "python -m mlcwb.train into an `if __name__ == '__main__':` block of mlcwb/train.py that "
-    "imports mlcwb.commands.train.main, and drop mlcwb.train.main (tests/test_cli.py then calls "
-    "mlcwb.commands.train.main)"))
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, "import cycle(s) in mlcwb:\n" + _describe(found)
