@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlcwb.errors import ConfigError, DataError, LanguageError
+from mlcwb.errors import ConfigError, DataError, LanguageError, MLCWBError
 
 if TYPE_CHECKING:
     from mlcwb.extract import Representations
@@ -33,24 +33,23 @@ Projection = Callable[[torch.Tensor], torch.Tensor]
 
 # --------------------------------------------------------------------------- selection helpers
 
-def _layers(reps: Representations, layers: Sequence[int] | None) -> list[int]:
-    if layers is None:
-        return list(reps.layers)
-    missing = [layer for layer in layers if layer not in reps.layers]
+def _present(wanted: Sequence | None, available: Sequence, error: type[MLCWBError], what: str,
+             listing: str) -> list:
+    """``wanted`` (all of ``available`` when ``None``), after checking every item is there."""
+    if wanted is None:
+        return list(available)
+    missing = [x for x in wanted if x not in available]
     if missing:
-        raise ConfigError(f"layers {missing} are not in these representations; "
-                          f"available hidden-state indices: {list(reps.layers)}")
-    return list(layers)
+        raise error(f"{what} {missing} are not in these representations; {listing}: {list(available)}")
+    return list(wanted)
+
+
+def _layers(reps: Representations, layers: Sequence[int] | None) -> list[int]:
+    return _present(layers, reps.layers, ConfigError, "layers", "available hidden-state indices")
 
 
 def _langs(reps: Representations, langs: Sequence[str] | None) -> list[str]:
-    if langs is None:
-        return list(reps.languages)
-    missing = [lang for lang in langs if lang not in reps.languages]
-    if missing:
-        raise LanguageError(f"languages {missing} are not in these representations; "
-                            f"available: {list(reps.languages)}")
-    return list(langs)
+    return _present(langs, reps.languages, LanguageError, "languages", "available")
 
 
 def states(reps: Representations, layer: int, langs: Sequence[str] | None = None) -> np.ndarray:
@@ -147,6 +146,22 @@ def similarity_margin(reps: Representations, layers: Sequence[int] | None = None
         rows.append({"layer": layer, "lang_a": a, "lang_b": b, "same": same,
                      "different": different, "margin": same - different})
     return pd.DataFrame(rows)
+
+
+def cosine_to_english(reps: Representations, layers: Sequence[int] | None = None,
+                      ref: str = "en") -> pd.DataFrame:
+    """Per layer and language, the mean cosine of a prompt to its own English original
+    (``matched``) and to the English states of other prompts (``mismatched``).
+
+    The question behind English-only alignment: does a translation land near the English prompt
+    the alignment was trained on? These are ``similarity_margin``'s rows towards ``ref``, named
+    for that question and labelled with the pooling, so two poolings stack into one table.
+    """
+    _langs(reps, [ref])
+    margin = similarity_margin(reps, layers)
+    rows = margin[margin["lang_b"] == ref].reset_index(drop=True)
+    return pd.DataFrame({"layer": rows["layer"], "language": rows["lang_a"], "pooling": reps.pooling,
+                         "matched": rows["same"], "mismatched": rows["different"]})
 
 
 def retrieval_accuracy(reps: Representations, layers: Sequence[int] | None = None,

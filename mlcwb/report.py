@@ -314,13 +314,25 @@ def safety_table(results: Mapping[str, pd.DataFrame], metric: str = "safety_rate
     return table
 
 
-def to_markdown(table: pd.DataFrame, digits: int = 1, caption: str | None = None) -> str:
-    """A GitHub Markdown table (no extra dependency)."""
+def _markdown_cell(value: Any, digits: int | None) -> str:
+    """One table cell: a missing number as a dash, floats rounded to ``digits`` unless ``None``."""
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return "–"
+    if digits is not None and isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame, digits: int | None = 1, caption: str | None = None) -> str:
+    """A GitHub Markdown table (no extra dependency): the index as first column, numbers right-aligned.
+
+    ``digits=None`` writes values as they are, for tables rounded per column beforehand (the run
+    report); rows are read with ``itertuples`` so an integer column stays integer.
+    """
     head = [table.index.name or ""] + [str(c) for c in table.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
-    for name, row in table.iterrows():
-        cells = [f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v) for v in row]
-        lines.append("| " + " | ".join([str(name), *cells]) + " |")
+    for name, *values in table.itertuples(name=None):
+        lines.append("| " + " | ".join([str(name), *(_markdown_cell(v, digits) for v in values)]) + " |")
     return ((f"**{caption}**\n\n" if caption else "") + "\n".join(lines) + "\n")
 
 

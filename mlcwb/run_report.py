@@ -22,7 +22,7 @@ from mlcwb.bench import machine_info
 from mlcwb.errors import DataError
 from mlcwb.io import atomic_write_json, atomic_write_text
 from mlcwb.report import (METRICS, METRICS_CSV, holm_adjust, paired_comparison, safety_table,
-                          to_latex, with_interval, write_metrics_csv)
+                          to_latex, to_markdown, with_interval, write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
@@ -431,21 +431,12 @@ def _render_markdown(title: str, sections: list[Section]) -> str:
         for p in s.paragraphs:
             lines += [p, ""]
         for caption, table in s.tables:
-            lines += [f"**{caption}**", "", _markdown_table(table), ""]
+            lines += [to_markdown(table, digits=None, caption=caption)]
         for label, href in s.links:
             lines += [f"- [{label}]({href})"]
         if s.links:
             lines.append("")
     return "\n".join(lines)
-
-
-def _markdown_table(table: pd.DataFrame) -> str:
-    frame = table.reset_index()
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join("–" if isinstance(v, float) and math.isnan(v) else str(v) for v in row)
-            + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 def _render_html(title: str, sections: list[Section]) -> str:

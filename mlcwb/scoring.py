@@ -2,7 +2,9 @@
 
 One forward pass scores a fixed answer, which is how the quickstart compares a refusal-style
 opening with a compliance-style one and how utility is measured as perplexity on reference
-answers, both without sampling noise.
+answers, both without sampling noise. ``masked_token_logps`` is the one place answer tokens are
+scored: training's preference and SFT losses (``mlcwb.train``, ``mlcwb.seq2seq``) read it too, so
+a score measured here is the score those losses optimise.
 """
 
 from __future__ import annotations
@@ -10,8 +12,39 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from mlcwb.models import format_prompt
+from mlcwb.errors import ConfigError
+from mlcwb.models import encode_prompts
+
+
+def masked_token_logps(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum of the log-probs of ``targets`` where ``mask`` is 1, and the number of such tokens.
+
+    ``logits[:, t]`` is the prediction for ``targets[:, t]`` (shift before calling); log-softmax
+    runs in float32 so bfloat16 logits do not round answer scores. Masked-out positions add an
+    exact 0, whatever the model predicted there.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    keep = mask.to(torch.float32)
+    return torch.where(keep.bool(), token_logp, 0.0).sum(-1), keep.sum(-1)
+
+
+def _rows(tokenizer: Any, prompts: list[str], continuations: list[str],
+          chat_template: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ``prompt + continuation`` ids, their attention mask and the continuation mask."""
+    heads = [encode_prompts(tokenizer, [p], chat_template)["input_ids"][0].tolist() for p in prompts]
+    tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    width = max(len(h) + len(t) for h, t in zip(heads, tails))
+    ids = torch.full((len(heads), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    answer = torch.zeros_like(ids)
+    for i, (head, tail) in enumerate(zip(heads, tails)):  # right padding: positions start at 0 for all
+        ids[i, :len(head) + len(tail)] = torch.tensor(head + tail)
+        mask[i, :len(head) + len(tail)] = 1
+        answer[i, len(head):len(head) + len(tail)] = 1
+    return ids, mask, answer
 
 
 @torch.inference_mode()
@@ -23,29 +56,14 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], contin
     and appended, so the scored tokens are the ones the model would have to produce.
     """
     if len(prompts) != len(continuations):
-        raise ValueError("prompts and continuations must have the same length")
-    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+        raise ConfigError("prompts and continuations must have the same length")
     device = next(model.parameters()).device
     results: list[tuple[float, int]] = []
     for start in range(0, len(prompts), batch_size):
-        rows = []
-        for prompt, cont in zip(prompts[start:start + batch_size],
-                                continuations[start:start + batch_size]):
-            head = tokenizer(format_prompt(tokenizer, prompt, chat_template),
-                             add_special_tokens=not templated)["input_ids"]
-            tail = tokenizer(cont, add_special_tokens=False)["input_ids"]
-            rows.append((head, tail))
-        width = max(len(h) + len(t) for h, t in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (head, tail) in enumerate(rows):  # right padding: positions start at 0 for all
-            seq = head + tail
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        for i, (head, tail) in enumerate(rows):
-            positions = torch.arange(len(head) - 1, len(head) + len(tail) - 1, device=device)
-            targets = torch.tensor(tail, device=device)
-            results.append((float(logp[i, positions, targets].sum()), len(tail)))
+        ids, mask, answer = _rows(tokenizer, prompts[start:start + batch_size],
+                                  continuations[start:start + batch_size], chat_template)
+        ids, mask, answer = ids.to(device), mask.to(device), answer.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        sums, counts = masked_token_logps(logits[:, :-1], ids[:, 1:], answer[:, 1:])
+        results += [(float(s), int(n)) for s, n in zip(sums, counts)]
     return results

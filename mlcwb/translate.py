@@ -267,7 +267,8 @@ class LLMTranslator:
     """Any chat causal LM asked to translate (greedy), with its answer cleaned by ``clean_llm_output``.
 
     Small models translate poorly; this backend exists for the paper's "self-generated data" direction
-    and for large instruction models on a GPU. The prompt goes through ``mlcwb.models.encode_prompts``.
+    and for large instruction models on a GPU. It answers through ``mlcwb.evaluate.generate_texts``, the
+    same greedy generation (chat template, stop tokens) the safety evaluation uses.
     """
 
     def __init__(self, model: str | tuple[Any, Any], device: str | torch.device | None = "auto",
@@ -283,15 +284,12 @@ class LLMTranslator:
         return _in_batches(texts, self.batch_size, lambda batch: self._batch(batch, src, tgt))
 
     def _batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
-        from mlcwb.models import encode_prompts
+        from mlcwb.evaluate import generate_texts
 
         names = get_language(src).name, get_language(tgt).name
         prompts = [self.prompt.format(src=names[0], tgt=names[1], text=t) for t in texts]
-        enc = encode_prompts(self.tokenizer, prompts).to(self.model.device)
-        out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id)
-        new = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [clean_llm_output(t) for t in new]
+        answers = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens)
+        return [clean_llm_output(t) for t in answers]
 
 
 def make_translator(spec: str, device: str | torch.device | None = "auto", batch_size: int = 16,

@@ -13,15 +13,9 @@ positions are comparable.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
-
-# umap-learn JIT-compiles with numba and caches next to its own source by default, which fails on
-# read-only installs; a per-user temp dir works everywhere. Set before umap is ever imported.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mlcwb-numba-cache"))
 
 import numpy as np
 import pandas as pd
@@ -31,6 +25,7 @@ from plotly.subplots import make_subplots
 from mlcwb.errors import ConfigError
 from mlcwb.geometry import _langs, _layers, states, unit
 from mlcwb.io import atomic_path, atomic_write_text
+from mlcwb.notebooks import use_numba_cache
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -38,6 +33,8 @@ if TYPE_CHECKING:
     from mlcwb.extract import Representations
 
 log = logging.getLogger(__name__)
+
+use_numba_cache()  # umap (imported lazily below) compiles with numba: its cache must be writable
 
 Reps = Union["Representations", Mapping[str, "Representations"]]
 METHODS = ("pca", "umap")

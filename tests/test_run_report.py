@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import DataError
-from mlcwb.report import language_metrics, with_interval
+from mlcwb.report import language_metrics, to_markdown, with_interval
 from mlcwb.reproduce import PRESETS, Preset
-from mlcwb.run_report import (_choice_section, _geometry_section, _markdown_table, _safety_section,
+from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section,
                               holm_by_language, reading, save_safety_summary,
                               save_training_summary, write_report, write_safety_exports)
 from tests.test_report import _judged
@@ -199,7 +199,7 @@ def test_report_exports_latex_and_metrics_csv_from_the_stored_summary(tmp_path):
     assert "\\label{tab:safety_rate}" in tex
     assert write_safety_exports(tmp_path, safety) == [tmp_path / "safety_table.tex"]  # csv kept
     section, _ = _safety_section(tmp_path)
-    markdown = _markdown_table(section.tables[0][1])
+    markdown = to_markdown(section.tables[0][1], digits=None)
     assert "| raw model | 20.0 [6, 51] | 10.0 [2, 40] | 15.0 | 25.0 |" in markdown
 
 

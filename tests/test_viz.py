@@ -24,7 +24,9 @@ def reps():
 
 
 def test_numba_cache_dir_is_set():
-    assert os.environ.get("NUMBA_CACHE_DIR")
+    from mlcwb.notebooks import use_numba_cache
+
+    assert os.environ.get("NUMBA_CACHE_DIR") and use_numba_cache() == os.environ["NUMBA_CACHE_DIR"]
 
 
 def test_project_pca_columns_and_shared_projection(reps):

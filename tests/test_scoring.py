@@ -1,0 +1,33 @@
+"""Answer scoring: the shared masked log-prob sum, and continuation_logprobs against a plain loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlcwb.errors import ConfigError
+from mlcwb.models import encode_prompts
+from mlcwb.scoring import continuation_logprobs, masked_token_logps
+
+
+def test_masked_token_logps_sums_only_the_masked_targets():
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.1, 0.9]]]))
+    targets = torch.tensor([[0, 1, 0]])
+    total, count = masked_token_logps(logits, targets, torch.tensor([[0, 1, 1]]))
+    assert count.tolist() == [2.0]
+    assert total.item() == pytest.approx(float(torch.log(torch.tensor(0.75 * 0.1))))
+
+
+def test_continuation_logprobs_match_one_unpadded_forward_each(tiny_llama):
+    model, tok = tiny_llama
+    prompts, answers = ["hi", "a much longer question here"], ["hello there", "no"]
+    scores = continuation_logprobs(model, tok, prompts, answers, batch_size=2)
+    for (total, n), prompt, answer in zip(scores, prompts, answers):
+        head = encode_prompts(tok, [prompt])["input_ids"][0].tolist()
+        tail = tok(answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([head + tail])).logits[0].float(), -1)
+        expected = sum(float(logp[len(head) - 1 + i, t]) for i, t in enumerate(tail))
+        assert n == len(tail) and total == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ConfigError):
+        continuation_logprobs(model, tok, prompts, answers[:1])
