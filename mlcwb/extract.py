@@ -9,9 +9,14 @@ This module owns that reading:
 * ``pool_hidden`` turns ``(batch, seq, hidden)`` states into one vector per prompt. It is the one
   implementation of "last prompt token"; training reuses it, so it is differentiable and correct for
   left- and right-padded batches alike.
-* ``extract`` runs prompts through the model's backbone only (no LM head, no logits), stops after
-  the deepest requested block, sorts prompts by length so batches carry little padding, and caches
-  the result in a run directory.
+* ``backbone``, ``resolve_layers`` and ``position_ids`` are the one answer to "which stack, which
+  layer, which positions", shared by the two forward paths below.
+* ``extract`` (forward path 1) runs prompts through the model's backbone only (no LM head, no
+  logits), stops after the deepest requested block, sorts prompts by length so batches carry
+  little padding, and caches the result in a run directory.
+* ``prompt_states`` (forward path 2, training's MLC term) keeps gradients and reads one layer; with
+  ``bucketed`` it runs the prefix every row shares once and the rest in length buckets
+  (``length_buckets``, ``shared_prefix``; ``computed_positions`` counts what it costs).
 
 Layer indices follow ``output_hidden_states``: 0 is the embedding output (the input of block 1),
 ``i`` is the output of block ``i``, and ``num_hidden_layers`` is the output of the last block *after
@@ -49,6 +54,7 @@ prompt (``<|im_start|>assistant\\n``), the position the paper pools and the one 
 token is predicted from. ``content_last``: last token of the user's text. ``content_mean``: mean
 over the user's text. ``mean``: mean over every non-pad token (template included)."""
 
+MAX_PADDING = 0.25  # padding a length bucket may add, as a share of its real tokens
 CACHE_VERSION = 1
 _SENTINEL = "\uE000mlcwb-user-text\uE001"  # private-use chars: never in a real prompt or template
 
@@ -246,7 +252,7 @@ class Representations:
 
 
 # --------------------------------------------------------------------------------------------
-# The backbone: run blocks, capture states, stop early
+# The backbone: which stack, which blocks, which layer, which positions
 # --------------------------------------------------------------------------------------------
 
 class _StopForward(Exception):
@@ -254,17 +260,21 @@ class _StopForward(Exception):
 
 
 @dataclass
-class _Backbone:
+class Backbone:
+    """The stack whose blocks produce ``hidden_states`` (never the LM head), as both forwards use it."""
+
     module: torch.nn.Module  # decoder stack (decoder-only) or encoder stack (encoder-decoder)
     blocks: torch.nn.ModuleList
     n_layers: int
     takes_position_ids: bool
 
 
-def _backbone(model: Any) -> _Backbone:
-    """The stack whose blocks produce ``hidden_states``; never the LM head."""
+def backbone(model: Any) -> Backbone:
+    """The decoder stack of a decoder-only model, the encoder of an encoder-decoder (bare or
+    peft-wrapped): where a prompt's hidden states are read, without the LM head."""
     config = getattr(model, "config", None)
-    n_layers = getattr(config, "num_hidden_layers", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_layers = getattr(text_config, "num_hidden_layers", None)
     try:
         if getattr(config, "is_encoder_decoder", False):
             module = model.get_encoder()
@@ -285,15 +295,19 @@ def _backbone(model: Any) -> _Backbone:
             f"transformers config with num_hidden_layers and a decoder (get_decoder()/.model) or "
             f"encoder (get_encoder()) holding that many blocks in an nn.ModuleList.")
     params = inspect.signature(module.forward).parameters
-    return _Backbone(module, blocks, n_layers, "position_ids" in params)
+    return Backbone(module, blocks, n_layers, "position_ids" in params)
 
 
 def num_layers(model: Any) -> int:
     """Number of blocks; valid layer indices are ``0 .. num_layers(model)`` (last = after final norm)."""
-    return _backbone(model).n_layers
+    return backbone(model).n_layers
 
 
-def _normalize_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
+def resolve_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
+    """``hidden_states`` indices as sorted, unique, non-negative ints (``None``: all of them).
+
+    The one check of a layer index, so extraction and training name a bad layer alike.
+    """
     if layers is None:
         return list(range(n_layers + 1))
     if isinstance(layers, int):
@@ -313,7 +327,17 @@ def _normalize_layers(layers: Sequence[int] | int | None, n_layers: int) -> list
     return sorted(out)
 
 
-def _forward_states(bb: _Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token, so a left-padded prompt gets the same
+    rotary angles as the same prompt alone (HF's plain forward would start them at the first pad)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward path 1, extraction: no gradients, stop after the deepest requested block
+# --------------------------------------------------------------------------------------------
+
+def _forward_states(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     layers: list[int]) -> dict[int, torch.Tensor]:
     """Run the backbone on one batch, return ``{layer: (batch, seq, dim)}``, exiting early.
 
@@ -343,9 +367,7 @@ def _forward_states(bb: _Backbone, input_ids: torch.Tensor, attention_mask: torc
             handles.append(bb.blocks[index - 1].register_forward_hook(post_hook(index)))
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
     if bb.takes_position_ids:
-        # Positions count real tokens only, so a left-padded prompt gets the same rotary angles
-        # as the same prompt alone (HF's plain forward would start them at the first pad).
-        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs["position_ids"] = position_ids(attention_mask)
     if "use_cache" in inspect.signature(bb.module.forward).parameters:
         kwargs["use_cache"] = False
     try:
@@ -366,7 +388,7 @@ def _trim(enc: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tens
     return {k: v[:, keep] for k, v in sub.items()}
 
 
-def _pooled_states(bb: _Backbone, tokenizer: Any, texts: list[str], layers: list[int],
+def _pooled_states(bb: Backbone, tokenizer: Any, texts: list[str], layers: list[int],
                    pooling: str, chat_template: bool, batch_size: int, device: torch.device,
                    padding_side: str, progress: bool) -> np.ndarray:
     """``(n_texts, n_layers, dim)`` float32, computed in length-sorted batches."""
@@ -390,6 +412,135 @@ def _pooled_states(bb: _Backbone, tokenizer: Any, texts: list[str], layers: list
     assert out is not None
     return out
 
+
+# --------------------------------------------------------------------------------------------
+# Forward path 2, training: one layer, gradients kept, shared prefix and length buckets
+# --------------------------------------------------------------------------------------------
+
+def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Row indices grouped by length so that no group pads more than ``max_padding`` of its tokens.
+
+    The L translations of one prompt differ several-fold in token count (with an English-centric
+    tokenizer a Bengali prompt takes about four times the tokens of its English source), so one
+    padded batch of them computes mostly padding. Longest rows first; a singleton never pads.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        if current and lengths[current[0]] * (len(current) + 1) > (1 + max_padding) * (real + lengths[i]):
+            buckets.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += int(lengths[i])
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  content_mask: torch.Tensor | None = None) -> int:
+    """Leading positions identical in every row (the chat template's system prompt and user
+    header): computed once, their keys and values serve every row. Stops before any row's last
+    token and before its first content token, so pooled positions always lie after it."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    length = int(same.long().cumprod(0).sum())
+    length = min(length, int(attention_mask.sum(-1).min()) - 1)
+    if content_mask is not None and bool(content_mask.any()):
+        first = torch.where(content_mask.bool(), torch.arange(content_mask.shape[1], device=content_mask.device),
+                            content_mask.shape[1]).amin()
+        length = min(length, int(first))
+    return max(length, 0)
+
+
+def computed_positions(attention_mask: torch.Tensor, bucketed: bool, prefix: int = 0) -> int:
+    """Positions a prompt-only forward computes (real tokens + padding), as ``prompt_states``
+    runs it: one padded batch, or length buckets after a shared prefix of ``prefix`` tokens."""
+    if not bucketed:
+        return attention_mask.numel()
+    lengths = (attention_mask.sum(-1) - prefix).tolist()
+    return prefix + sum(len(rows) * max(lengths[i] for i in rows) for rows in length_buckets(lengths))
+
+
+def _layer_states(bb: Backbone, index: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  positions: torch.Tensor, past: Any = None) -> torch.Tensor:
+    """``(batch, seq, dim)`` at ``hidden_states[index]``; the last index is read from
+    ``last_hidden_state``, so the common case asks for no extra outputs."""
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
+                              "output_hidden_states": index != bb.n_layers, "use_cache": past is not None}
+    if bb.takes_position_ids:
+        kwargs["position_ids"] = positions
+    if past is not None:
+        kwargs["past_key_values"] = past
+    out = bb.module(**kwargs)
+    return out.last_hidden_state if index == bb.n_layers else out.hidden_states[index]
+
+
+def prompt_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int = -1,
+                  pooling: str = "last", content_mask: torch.Tensor | None = None,
+                  bucketed: bool = False) -> torch.Tensor:
+    """Pooled hidden states (N, H) of right-padded prompt-only sequences from the backbone (no LM
+    head; the encoder of an encoder-decoder), with gradients: the MLC term's forward.
+
+    ``bucketed`` spends compute on real tokens only: the prefix every row shares is run once and
+    its keys/values are reused (gradients flow back through them), and the rest runs in length
+    buckets (see ``length_buckets``), each cut to its own width. Causal attention makes both
+    exact: the states equal the one-batch ones (so an encoder, attending both ways, cannot).
+    """
+    bb = backbone(model)
+    index = resolve_layers(layer, bb.n_layers)[0]
+    if not bucketed:
+        hidden = _layer_states(bb, index, input_ids, attention_mask, position_ids(attention_mask))
+        return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ConfigError("length buckets reuse a causal prefix cache; an encoder attends both "
+                          "ways: run it as one batch (bucketed=False).")
+    if bool(attention_mask[:, 0].eq(0).any()):
+        raise ConfigError("bucketed prompt_states needs right-padded rows (padding_side='right').")
+    return _bucketed_states(model, bb, index, input_ids, attention_mask, pooling, content_mask)
+
+
+def _prefix_cache(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  content_mask: torch.Tensor | None) -> tuple[int, Any]:
+    """``(length, keys/values)`` of the prefix all rows share; ``(0, None)`` when there is none
+    or the model declines to cache (gradient checkpointing)."""
+    prefix = shared_prefix(input_ids, attention_mask, content_mask)
+    if not prefix:
+        return 0, None
+    cached = bb.module(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
+                       use_cache=True).past_key_values
+    return (prefix, cached) if cached is not None else (0, None)
+
+
+def _bucketed_states(model: Any, bb: Backbone, index: int, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor, pooling: str,
+                     content_mask: torch.Tensor | None) -> torch.Tensor:
+    """``prompt_states`` after a shared prefix, in length buckets, rows back in input order."""
+    from transformers import DynamicCache
+
+    prefix, cached = _prefix_cache(bb, input_ids, attention_mask, content_mask)
+    groups = length_buckets((attention_mask.sum(-1) - prefix).tolist())
+    parts = []
+    for rows in groups:
+        idx = torch.tensor(rows, device=input_ids.device)
+        width = int(attention_mask[idx].sum(-1).max())
+        mask = attention_mask[idx, :width]
+        past = None
+        if cached is not None:
+            past = DynamicCache(ddp_cache_data=[(lay.keys.expand(len(rows), -1, -1, -1),
+                                                 lay.values.expand(len(rows), -1, -1, -1))
+                                                for lay in cached.layers], config=model.config)
+        hidden = _layer_states(bb, index, input_ids[idx, prefix:width], mask,
+                               position_ids(mask)[:, prefix:], past)
+        parts.append(pool_hidden(hidden, mask[:, prefix:], pooling,
+                                 content_mask=None if content_mask is None else content_mask[idx, prefix:width]))
+    order = torch.tensor([i for rows in groups for i in rows], device=input_ids.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(parts)[inverse]
 
 # --------------------------------------------------------------------------------------------
 # extract()
@@ -447,6 +598,18 @@ def _gather_texts(prompts: "PromptSet | Sequence[str]", langs: Sequence[str] | s
     return ids, languages, texts, harmful
 
 
+def _cache_key(fingerprint: str, tokenizer: Any, chat_template: bool, layers: list[int],
+               pooling: str, languages: list[str], ids: list[str], texts: list[list[str]]) -> dict:
+    """What a cached result must have been made with to be reused (texts and template hashed)."""
+    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    return {
+        "version": CACHE_VERSION, "model_fingerprint": fingerprint, "layers": layers,
+        "pooling": pooling, "languages": languages, "prompt_ids": ids, "texts": _sha(texts),
+        "template": _sha([templated, getattr(tokenizer, "chat_template", None),
+                          format_prompt(tokenizer, _SENTINEL, chat_template)]),
+    }
+
+
 def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
             langs: Sequence[str] | str | None = None, layers: Sequence[int] | int | None = None,
             pooling: str = "last", chat_template: bool = True, batch_size: int = 16,
@@ -467,19 +630,14 @@ def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
-    bb = _backbone(model)
-    layer_list = _normalize_layers(layers, bb.n_layers)
+    bb = backbone(model)
+    layer_list = resolve_layers(layers, bb.n_layers)
     ids, languages, texts, harmful = _gather_texts(prompts, langs)
     fingerprint = model_fingerprint(model)
     name = getattr(model, "mlcwb_name", None) or getattr(model, "name_or_path", "") or \
         type(model).__name__
     templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
-    key = {
-        "version": CACHE_VERSION, "model_fingerprint": fingerprint, "layers": layer_list,
-        "pooling": pooling, "languages": languages, "prompt_ids": ids, "texts": _sha(texts),
-        "template": _sha([templated, getattr(tokenizer, "chat_template", None),
-                          format_prompt(tokenizer, _SENTINEL, chat_template)]),
-    }
+    key = _cache_key(fingerprint, tokenizer, chat_template, layer_list, pooling, languages, ids, texts)
     cache_path = None
     if cache_dir is not None:
         slot = _sha([languages, layer_list, ids, templated])[:12]
@@ -530,5 +688,6 @@ def _read_cache(path: Path, key: dict) -> Representations | None:
     return reps
 
 
-__all__ = ["POOLINGS", "Representations", "encode_with_content", "extract",
-           "num_layers", "pool_hidden"]
+__all__ = ["MAX_PADDING", "POOLINGS", "Backbone", "Representations", "backbone", "computed_positions",
+           "encode_with_content", "extract", "length_buckets", "num_layers", "pool_hidden",
+           "position_ids", "prompt_states", "resolve_layers", "shared_prefix"]

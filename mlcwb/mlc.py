@@ -16,6 +16,9 @@ Two numerical choices matter and are proved by tests:
 
 A zero vector has no direction; it contributes a zero row and no gradient instead of the 1/eps
 gradient a clamped normalisation would send into the model.
+
+The states themselves come from the extraction module's prompt forward
+(``mlcwb.extract.prompt_states``); this module only turns them into the term.
 """
 
 from __future__ import annotations
@@ -25,20 +28,20 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
 
 from mlcwb.errors import ConfigError
-from mlcwb.extract import POOLINGS, pool_hidden
+from mlcwb.extract import POOLINGS
+# Re-exported only for mlcwb.trl_bridge, which still imports it from here; the prompt forward is
+# the extraction module's (``mlcwb.extract.prompt_states``): import it from there.
+from mlcwb.extract import prompt_states  # noqa: F401
 
 VARIANTS = ("official", "cosine", "contrastive")
 EXTRACTORS = ("linear", "frozen", "identity")
 BATCHINGS = ("separate", "official")
 BUCKETINGS = ("auto", "length", "none")
-MAX_PADDING = 0.25  # padding a length bucket may add, as a share of its real tokens
 _EPS = 1e-6
 
 
@@ -272,123 +275,6 @@ class Extractor(nn.Module):
         return copy.deepcopy(self).requires_grad_(False)
 
 
-def backbone(model: Any) -> nn.Module:
-    """The decoder stack without the LM head (works through peft wrappers)."""
-    get = getattr(model, "get_decoder", None)
-    decoder = get() if callable(get) else None
-    if decoder is None:
-        decoder = getattr(model, "base_model", model)
-    return decoder
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions counted from each row's first real token, so left padding changes nothing."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
-    """Row indices grouped by length so that no group pads more than ``max_padding`` of its tokens.
-
-    The L translations of one prompt differ several-fold in token count (with an English-centric
-    tokenizer a Bengali prompt takes about four times the tokens of its English source), so one
-    padded batch of them computes mostly padding. Longest rows first; a singleton never pads.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
-    buckets: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        if current and lengths[current[0]] * (len(current) + 1) > (1 + max_padding) * (real + lengths[i]):
-            buckets.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += int(lengths[i])
-    if current:
-        buckets.append(current)
-    return buckets
-
-
-def shared_prefix(input_ids: Tensor, attention_mask: Tensor, content_mask: Tensor | None = None) -> int:
-    """Leading positions identical in every row (the chat template's system prompt and user
-    header): computed once, their keys and values serve every row. Stops before any row's last
-    token and before its first content token, so pooled positions always lie after it."""
-    if input_ids.shape[0] < 2:
-        return 0
-    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
-    length = int(same.long().cumprod(0).sum())
-    length = min(length, int(attention_mask.sum(-1).min()) - 1)
-    if content_mask is not None and bool(content_mask.any()):
-        first = torch.where(content_mask.bool(), torch.arange(content_mask.shape[1], device=content_mask.device),
-                            content_mask.shape[1]).amin()
-        length = min(length, int(first))
-    return max(length, 0)
-
-
-def computed_positions(attention_mask: Tensor, bucketed: bool, prefix: int = 0) -> int:
-    """Positions a prompt-only forward computes (real tokens + padding), as ``prompt_states``
-    runs it: one padded batch, or length buckets after a shared prefix of ``prefix`` tokens."""
-    if not bucketed:
-        return attention_mask.numel()
-    lengths = (attention_mask.sum(-1) - prefix).tolist()
-    return prefix + sum(len(rows) * max(lengths[i] for i in rows) for rows in length_buckets(lengths))
-
-
-def prompt_states(model: Any, input_ids: Tensor, attention_mask: Tensor, layer: int = -1,
-                  pooling: str = "last", content_mask: Tensor | None = None,
-                  bucketed: bool = False) -> Tensor:
-    """Pooled hidden states (N, H) of right-padded prompt-only sequences from the backbone (no LM
-    head).
-
-    ``layer`` counts like ``hidden_states``; the last index is taken from ``last_hidden_state``
-    so the common case asks for no extra outputs. ``bucketed`` spends compute on real tokens
-    only: the prefix every row shares is run once and its keys/values are reused (gradients flow
-    back through them), and the rest runs in length buckets (see ``length_buckets``), each cut
-    to its own width. Causal attention makes both exact: the states equal the one-batch ones.
-    """
-    n_layers = model.config.get_text_config().num_hidden_layers
-    index = layer if layer >= 0 else n_layers + 1 + layer
-    if not 0 <= index <= n_layers:
-        raise ConfigError(f"layer {layer} is out of range for a model with {n_layers} layers "
-                          f"(0 = embeddings ... {n_layers} = after the final norm, or -1)")
-    decoder = backbone(model)
-    if not bucketed:
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids(attention_mask),
-                      output_hidden_states=index != n_layers, use_cache=False)
-        hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
-        return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
-    if bool(attention_mask[:, 0].eq(0).any()):
-        raise ConfigError("bucketed prompt_states needs right-padded rows (padding_side='right').")
-    prefix = shared_prefix(input_ids, attention_mask, content_mask)
-    cached = None
-    if prefix:
-        cached = decoder(input_ids=input_ids[:1, :prefix],
-                         attention_mask=attention_mask[:1, :prefix], use_cache=True).past_key_values
-        if cached is None:  # the model declined to cache (gradient checkpointing): no sharing
-            prefix = 0
-    groups = length_buckets((attention_mask.sum(-1) - prefix).tolist())
-    parts = []
-    for rows in groups:
-        idx = torch.tensor(rows, device=input_ids.device)
-        width = int(attention_mask[idx].sum(-1).max())
-        mask = attention_mask[idx, :width]
-        past = None
-        if cached is not None:
-            past = DynamicCache(ddp_cache_data=[(lay.keys.expand(len(rows), -1, -1, -1),
-                                                 lay.values.expand(len(rows), -1, -1, -1))
-                                                for lay in cached.layers], config=model.config)
-        out = decoder(input_ids=input_ids[idx, prefix:width], attention_mask=mask,
-                      position_ids=position_ids(mask)[:, prefix:], past_key_values=past,
-                      output_hidden_states=index != n_layers, use_cache=past is not None)
-        hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
-        parts.append(pool_hidden(hidden, mask[:, prefix:], pooling,
-                                 content_mask=None if content_mask is None else content_mask[idx, prefix:width]))
-    order = torch.tensor([i for rows in groups for i in rows], device=input_ids.device)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(parts)[inverse]
-
-
 def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tensor | None:
     """Per-language row weights in ``langs`` order (missing languages weigh 1)."""
     if not weights:
@@ -402,7 +288,6 @@ def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tens
 
 __all__ = [
     "BATCHINGS", "BUCKETINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS",
-    "backbone", "computed_positions", "full_precision", "language_weights", "length_buckets",
-    "contrastive_loss", "mlc_floor", "mlc_loss", "mlc_objective", "mlc_term",
-    "pairwise_cosine_loss", "position_ids", "prompt_states", "shared_prefix", "use_buckets",
+    "contrastive_loss", "full_precision", "language_weights", "mlc_floor", "mlc_loss",
+    "mlc_objective", "mlc_term", "pairwise_cosine_loss", "use_buckets",
 ]

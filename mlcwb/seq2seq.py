@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mlcwb.errors import ConfigError
-from mlcwb.extract import pool_hidden
+from mlcwb.extract import prompt_states
 
 if TYPE_CHECKING:
     from mlcwb.train import AlignExample
@@ -83,17 +82,11 @@ def encoder_states(model: Any, input_ids: Tensor, attention_mask: Tensor, layer:
     the prompt, so the default (``content_mean``) averages the prompt's own tokens; ``last`` and
     ``content_last`` remain options, to compare with the decoder-only setting.
 
-    ``layer`` counts like the encoder's ``hidden_states`` (0 = embeddings, -1 = after its final norm).
+    ``layer`` counts like the encoder's ``hidden_states`` (0 = embeddings, -1 = after its final
+    norm). The forward is the extraction module's prompt forward, which reads the encoder of an
+    encoder-decoder, so training and ``extract`` see the same states.
     """
-    n_layers = model.config.get_text_config().num_hidden_layers
-    index = layer if layer >= 0 else n_layers + 1 + layer
-    if not 0 <= index <= n_layers:
-        raise ConfigError(f"layer {layer} is out of range for an encoder with {n_layers} layers "
-                          f"(0 = embeddings ... {n_layers} = after the final norm, or -1)")
-    out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
-                              output_hidden_states=index != n_layers)
-    hidden = out.last_hidden_state if index == n_layers else out.hidden_states[index]
-    return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
+    return prompt_states(model, input_ids, attention_mask, layer, pooling, content_mask)
 
 
 __all__ = ["answer_logps", "collate_seq2seq", "encoder_states", "is_encoder_decoder"]

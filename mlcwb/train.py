@@ -44,14 +44,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
-from mlcwb.extract import encode_with_content, pool_hidden
-from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from mlcwb.collapse import CollapseWatch, batch_distinctness
-from mlcwb.mlc import (Extractor, computed_positions, language_weights, mlc_term, position_ids,
-                       prompt_states, shared_prefix, use_buckets)
+from mlcwb.extract import (computed_positions, encode_with_content, pool_hidden, position_ids,
+                           prompt_states, shared_prefix)
+from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
-from mlcwb.seq2seq import answer_logps, collate_seq2seq, encoder_states, is_encoder_decoder
+from mlcwb.seq2seq import answer_logps, collate_seq2seq, is_encoder_decoder
 from mlcwb.train_config import REFUSAL, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -280,9 +280,7 @@ class TrainModule(nn.Module):
         return response_logps(logits, align)
 
     def _prompt_states(self, mlc: dict[str, Tensor]) -> Tensor:
-        if self.encoder_decoder:
-            return encoder_states(self.model, mlc["input_ids"], mlc["attention_mask"], self.layer,
-                                  self.pooling, mlc.get("content_mask"))
+        """The engine's prompt forward: the decoder stack, or an encoder-decoder's encoder."""
         return prompt_states(self.model, mlc["input_ids"], mlc["attention_mask"], self.layer,
                              self.pooling, mlc.get("content_mask"), bucketed=self.bucketed)
 
@@ -516,6 +514,10 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> 
             f"to start this one afresh.")
 
 
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def _reference_logps(accelerator: Any, module: nn.Module, data: TrainData, config: TrainConfig,
                      collate: Callable[[Sequence[AlignExample], bool], dict[str, Any]]) -> Tensor:
     """(n, 2) log-probs of chosen/rejected answers under the initial model, computed once."""
@@ -524,8 +526,7 @@ def _reference_logps(accelerator: Any, module: nn.Module, data: TrainData, confi
     with torch.no_grad():
         for start in tqdm(range(0, len(data.align), config.batch_size), desc="reference log-probs",
                           disable=not accelerator.is_local_main_process, leave=False):
-            batch = collate(data.align[start:start + config.batch_size], True)
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = _to_device(collate(data.align[start:start + config.batch_size], True), accelerator.device)
             with accelerator.autocast():
                 logps = module(align=batch)["logps"].float()
             n = logps.shape[0] // 2
@@ -534,176 +535,326 @@ def _reference_logps(accelerator: Any, module: nn.Module, data: TrainData, confi
     return torch.cat(rows)
 
 
+# ------------------------------------------------------------------------------------ the MLC side
+
+class MLCSide:
+    """The MLC half of a run: its extractor, which steps carry MLC rows and which prompts, the
+    term and the diagnostics logged with it. ``NoMLC`` has the same interface for runs without
+    MLC, so the trainer's steps need no ``if mlc`` branches."""
+
+    active = True
+
+    def __init__(self, config: TrainConfig, data: TrainData, tokenizer: Any):
+        self.config, self.cfg, self.data, self.tokenizer = config, config.mlc, data, tokenizer
+        self.extractor_lr = config.mlc.extractor_lr
+        self.weights = language_weights(data.langs, config.mlc.lang_weights)
+        self.reference: Extractor | None = None
+        self.watch = CollapseWatch()
+
+    def make_extractor(self, hidden: int, seed: int, device: torch.device) -> Extractor:
+        """The seeded extractor, and a frozen copy of its initial state: under that fixed map a
+        collapsing extractor shows up (``mlc_loss_ref``), and a resumed run rebuilds it alike."""
+        extractor = Extractor(hidden, self.cfg.extractor_dim, self.cfg.extractor, seed=seed)
+        self.reference = extractor.reference().to(device)
+        return extractor
+
+    def module(self, model: nn.Module, extractor: Extractor, pad_id: int,
+               device: torch.device) -> TrainModule:
+        """An encoder-decoder pools its encoder with ``encoder_pooling`` and runs one padded MLC
+        batch (the shared-prefix cache behind length buckets needs causal attention)."""
+        seq2seq = is_encoder_decoder(model)
+        return TrainModule(model, extractor, self.cfg.layer,
+                           self.config.encoder_pooling if seq2seq else self.cfg.pooling,
+                           self.cfg.batching, pad_id,
+                           bucketed=use_buckets(self.cfg, device) and not seq2seq)
+
+    def batch(self, phase: Phase, index: int, j: int, rank: int, world: int) -> dict[str, Tensor] | None:
+        """The MLC rows of step ``j`` of phase ``index``: every ``aux_every``-th step of a joint
+        phase, every step of an MLC-only one; a shuffled stream of their own (tag 100 + phase)."""
+        cfg, n = self.cfg, len(self.data.mlc_texts)
+        if not phase.mlc or (phase.align and j % cfg.aux_every):
+            return None
+        jm = j // cfg.aux_every if phase.align else j
+        per_epoch = n // (cfg.batch_size * world)
+        picked = _slice(n, cfg.batch_size, per_epoch, jm, self.config.seed, 100 + index, rank, world)
+        return encode_mlc(self.tokenizer, [self.data.mlc_texts[i] for i in picked],
+                          self.config.chat_template)
+
+    def term(self, out: dict[str, Tensor], row: dict[str, Any]) -> Tensor:
+        """``lam`` x the MLC term; logs it, its value under the reference extractor and the
+        batch's distinctness into ``row``, and warns once on collapse."""
+        n_langs = len(self.data.langs)
+        value = mlc_term(out["z"], n_langs, self.cfg, self.weights)
+        with torch.no_grad():
+            row["mlc_loss_ref"] = float(mlc_term(self.reference(out["states"].detach()), n_langs,
+                                                 self.cfg, self.weights))
+        row.update(batch_distinctness(out["states"], n_langs))
+        self.watch.check(row)
+        row["mlc_loss"] = float(value.detach())
+        return self.cfg.lam * value
+
+
+class NoMLC:
+    """The MLC side of a run without MLC: an identity extractor (no weights), no MLC rows."""
+
+    active = False
+    extractor_lr: float | None = None
+
+    def make_extractor(self, hidden: int, seed: int, device: torch.device) -> Extractor:
+        return Extractor(hidden, MLCConfig.extractor_dim, "identity", seed=seed)
+
+    def module(self, model: nn.Module, extractor: Extractor, pad_id: int,
+               device: torch.device) -> TrainModule:
+        return TrainModule(model, extractor, pad_id=pad_id)
+
+    def batch(self, phase: Phase, index: int, j: int, rank: int, world: int) -> None:
+        return None
+
+    def term(self, out: dict[str, Tensor], row: dict[str, Any]) -> Tensor:
+        """Never reached: ``batch`` gives no MLC rows, and only MLC rows ask for the term."""
+        raise TrainingError("a run without MLC has no MLC term")
+
+
+# ------------------------------------------------------------------------------------ the run's steps
+
+@dataclass
+class _Run:
+    """What the steps of one run share: built by ``_setup``, advanced step by step by ``train``."""
+
+    config: TrainConfig
+    accelerator: Any
+    tokenizer: Any
+    data: TrainData
+    mlc: MLCSide | NoMLC
+    phases: list[Phase]
+    total: int
+    core: TrainModule  # the module as built; ``module`` is it as accelerate wrapped it
+    module: Any
+    optimizer: Any
+    scheduler: Any
+    params: list[Tensor]
+    collate: Callable[[Sequence[AlignExample], bool], dict[str, Any]]
+    saved: dict[str, Any] | None
+    ref_logps: Tensor | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def state(self, step: int) -> dict[str, Any]:
+        """``training_state.pt`` after ``step`` steps: all a resumed run needs to continue alike."""
+        return {"step": step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                "ref_logps": self.ref_logps, "config": self.config.to_dict()}
+
+
+@dataclass
+class _Step:
+    """The batches of one step, where in the plan it lies, and what it costs."""
+
+    phase: Phase
+    j: int  # the step's index within its phase
+    align: dict[str, Any] | None
+    mlc: dict[str, Tensor] | None
+    tokens: int
+    positions: int
+
+
 def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts: Any = None) -> TrainResult:
     """Run (or resume) one training run as ``config`` says; returns the trained model.
 
     ``model``/``tokenizer``/``prompts`` override ``config.model``/``config.data`` (a notebook passes
-    what it has loaded; the model is trained in place).
+    what it has loaded; the model is trained in place). Each step is a named function below:
+    its batches, its loss, the optimizer step, its log row, the periodic checkpoint.
     """
+    run = _setup(config, model, tokenizer, prompts)
+    start = _restore(run)
+    bar = tqdm(range(start, run.total), desc=f"train {config.align}{'+mlc' if run.mlc.active else ''}",
+               initial=start, total=run.total, disable=not run.accelerator.is_local_main_process)
+    for step in bar:
+        tick = time.perf_counter()
+        batch = _batches(run, step)
+        loss, row = _loss(run, batch, step)
+        grad_norm = _optimize(run, loss, row, step)
+        _log(run, row, batch, grad_norm, tick)
+        bar.set_postfix({k: round(row[k], 4) for k in ("loss", "align_loss", "mlc_loss") if k in row})
+        _checkpoint(run, step)
+    bar.close()
+    return _finish(run)
+
+
+def _setup(config: TrainConfig, model: Any, tokenizer: Any, prompts: Any) -> _Run:
+    """Model, data, accelerator, plan, module and optimizer. The seed is set just before LoRA and
+    the extractor draw their initial weights; a checkpoint's weights go in before accelerate
+    wraps the module (sharded wrappers could not take them later)."""
     config.validate()
-    output_dir = Path(config.output_dir)
     if (model is None) != (tokenizer is None):
         raise ConfigError("Pass both model and tokenizer, or neither (config.model is loaded).")
     if model is None:
         model, tokenizer = load_model(config.model, device="cpu", dtype=torch.float32)
     data = prepare_data(config, prompts if prompts is not None else load_prompts(config), tokenizer)
-    mlc_cfg = config.mlc if config.uses_mlc else None
-    accelerator = _make_accelerator(config, find_unused=mlc_cfg is not None)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    mlc = MLCSide(config, data, tokenizer) if config.uses_mlc else NoMLC()
+    accelerator = _make_accelerator(config, find_unused=mlc.active)
+    phases, total = _plan_steps(config, data, accelerator.num_processes)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    if config.lora is not None:
+        model = _apply_lora(model, config)
+    extractor = mlc.make_extractor(model.config.get_text_config().hidden_size, config.seed,
+                                   accelerator.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    core = mlc.module(model, extractor, pad_id, accelerator.device)
+    saved = _load_checkpoint(config, model, extractor, accelerator)
+    optimizer, scheduler, params = _optimizer(config, model, extractor, mlc)
+    core.train()
+    module, optimizer = accelerator.prepare(core, optimizer)
+    return _Run(config, accelerator, tokenizer, data, mlc, phases, total, core, module, optimizer,
+                scheduler, params, collator(model, pad_id), saved)
+
+
+def _plan_steps(config: TrainConfig, data: TrainData, world: int) -> tuple[list[Phase], int]:
+    """The phases and the number of steps to run (``max_steps`` caps the plan)."""
     phases = plan(config, len(data.align), len(data.mlc_texts), world)
     total = sum(p.steps for p in phases)
     total = min(total, config.max_steps) if config.max_steps else total
     if total == 0:
         raise ConfigError("The plan has no steps (epochs x steps per epoch is 0).")
+    return phases, total
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    if config.lora is not None:
-        model = _apply_lora(model, config)
-    hidden = model.config.get_text_config().hidden_size
-    extractor = Extractor(hidden, mlc_cfg.extractor_dim if mlc_cfg else 512,
-                          mlc_cfg.extractor if mlc_cfg else "identity", seed=config.seed)
-    reference = extractor.reference()
-    weights = language_weights(data.langs, mlc_cfg.lang_weights) if mlc_cfg else None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collate = collator(model, pad_id)
-    module = core = _train_module(config, model, extractor, pad_id, accelerator.device)
 
+def _load_checkpoint(config: TrainConfig, model: nn.Module, extractor: Extractor,
+                     accelerator: Any) -> dict[str, Any] | None:
+    """Resume: the newest checkpoint's weights into model and extractor, and its training state
+    returned. A fresh run instead clears the steps and log an earlier run left."""
+    output_dir = Path(config.output_dir)
     ckpt = latest_checkpoint(output_dir) if config.resume else None
-    saved: dict[str, Any] | None = None
-    if ckpt is not None:
-        saved = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
-        _check_resumable(saved["config"], config, ckpt)
-        _load_model_weights(model, ckpt)
-        extractor.load_state_dict(load_extractor(ckpt).state_dict())
-        log.info("resuming from %s (step %d)", ckpt, saved["step"])
-    elif accelerator.is_main_process and output_dir.exists():
-        shutil.rmtree(output_dir / "steps", ignore_errors=True)
-        (output_dir / "log.jsonl").unlink(missing_ok=True)
+    if ckpt is None:
+        if accelerator.is_main_process and output_dir.exists():
+            shutil.rmtree(output_dir / "steps", ignore_errors=True)
+            (output_dir / "log.jsonl").unlink(missing_ok=True)
+        return None
+    saved = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+    _check_resumable(saved["config"], config, ckpt)
+    _load_model_weights(model, ckpt)
+    extractor.load_state_dict(load_extractor(ckpt).state_dict())
+    log.info("resuming from %s (step %d)", ckpt, saved["step"])
+    return saved
 
+
+def _optimizer(config: TrainConfig, model: nn.Module, extractor: Extractor,
+               mlc: MLCSide | NoMLC) -> tuple[Any, Any, list[Tensor]]:
+    """AdamW over the trainable weights (the extractor's with its own lr and no weight decay), a
+    linear warm-up, and the parameters whose gradient norm is clipped."""
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
     ext_params = [p for p in extractor.parameters() if p.requires_grad]
     if ext_params:
-        ext_lr = mlc_cfg.extractor_lr if mlc_cfg and mlc_cfg.extractor_lr is not None else config.lr
+        ext_lr = config.lr if mlc.extractor_lr is None else mlc.extractor_lr
         groups.append({"params": ext_params, "lr": ext_lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     warmup = config.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
-    module.train()
-    module, optimizer = accelerator.prepare(module, optimizer)
-    reference.to(accelerator.device)
+    return optimizer, scheduler, [p for group in groups for p in group["params"]]
 
-    ref_logps = None
+
+def _restore(run: _Run) -> int:
+    """The first step to run. DPO's reference log-probs come from the checkpoint or are computed
+    once now; a resumed run gets back its optimizer, scheduler, log rows up to its step and RNG."""
+    config, saved, output_dir = run.config, run.saved, run.output_dir
     if config.align == "dpo" and config.pref_loss not in REFERENCE_FREE:
-        ref_logps = saved["ref_logps"] if saved else _reference_logps(
-            accelerator, module, data, config, collate)
+        run.ref_logps = saved["ref_logps"] if saved else _reference_logps(
+            run.accelerator, run.module, run.data, config, run.collate)
     start = 0
     if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
         start = saved["step"]
-        if accelerator.is_main_process and (output_dir / "log.jsonl").exists():
+        if run.accelerator.is_main_process and (output_dir / "log.jsonl").exists():
             rows = read_jsonl(output_dir / "log.jsonl", skip_partial_last=True)
             write_jsonl(output_dir / "log.jsonl", [r for r in rows if r["step"] <= start])
         _set_rng_state(saved["rng"])
-    if accelerator.is_main_process:
+    if run.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "config.yaml", config.to_yaml())
-
-    def state(step: int) -> dict[str, Any]:
-        return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(), "ref_logps": ref_logps, "config": config.to_dict()}
-
-    def to_device(batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-    params = [p for group in groups for p in group["params"]]
-    watch = CollapseWatch()
-    bar = tqdm(range(start, total), desc=f"train {config.align}{'+mlc' if mlc_cfg else ''}",
-               initial=start, total=total, disable=not accelerator.is_local_main_process)
-    for step in bar:
-        tick = time.perf_counter()
-        index, j = _locate(phases, step)
-        phase = phases[index]
-        align_batch = mlc_batch = None
-        tokens = 0
-        if phase.align:
-            rows = _slice(len(data.align), config.batch_size, phase.steps_per_epoch, j,
-                          config.seed, index, rank, world)
-            align_batch = collate([data.align[i] for i in rows], config.align == "dpo")
-            align_batch["rows"] = torch.tensor(rows)
-            tokens += int(align_batch["attention_mask"].sum()) + (
-                int(align_batch["response_mask"].sum()) if "labels" in align_batch else 0)
-        use_mlc = phase.mlc and (not phase.align or j % mlc_cfg.aux_every == 0)
-        if use_mlc:
-            n_mlc = len(data.mlc_texts)
-            jm = j // mlc_cfg.aux_every if phase.align else j
-            per_epoch = n_mlc // (mlc_cfg.batch_size * world)
-            picked = _slice(n_mlc, mlc_cfg.batch_size, per_epoch, jm, config.seed, 100 + index, rank, world)
-            mlc_batch = encode_mlc(tokenizer, [data.mlc_texts[i] for i in picked], config.chat_template)
-            tokens += int(mlc_batch["attention_mask"].sum())
-        positions = _positions(align_batch, mlc_batch, core)
-        with accelerator.autocast():
-            out = module(align=to_device(align_batch) if align_batch else None,
-                         mlc=to_device(mlc_batch) if mlc_batch else None)
-        row: dict[str, Any] = {"step": step + 1, "phase": phase.name,
-                               "epoch": j // max(phase.steps_per_epoch, 1)}
-        loss = torch.zeros((), device=accelerator.device)
-        if phase.align:
-            align_loss, stats = align_objective(config, out, ref_logps, align_batch["rows"])
-            row.update(stats)
-            loss = loss + align_loss
-            row["align_loss"] = float(align_loss.detach())
-        if use_mlc:
-            n_langs = len(data.langs)
-            mlc_value = mlc_term(out["z"], n_langs, mlc_cfg, weights)
-            with torch.no_grad():
-                row["mlc_loss_ref"] = float(mlc_term(reference(out["states"].detach()), n_langs,
-                                                     mlc_cfg, weights))
-            row.update(batch_distinctness(out["states"], n_langs))
-            watch.check(row)
-            loss = loss + mlc_cfg.lam * mlc_value
-            row["mlc_loss"] = float(mlc_value.detach())
-        row["loss"] = float(loss.detach())
-        if not torch.isfinite(loss):
-            _stop(accelerator, module, tokenizer, output_dir, step, state, row, "loss")
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-        if not torch.isfinite(torch.as_tensor(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
-            _stop(accelerator, module, tokenizer, output_dir, step, state, row, "gradient")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], tokens=tokens,
-                   positions=positions,
-                   seconds=round(time.perf_counter() - tick, 4))
-        if accelerator.is_main_process:
-            append_jsonl(output_dir / "log.jsonl", row)
-        bar.set_postfix({k: round(row[k], 4) for k in ("loss", "align_loss", "mlc_loss") if k in row})
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
-            save_checkpoint(output_dir / "steps" / f"step-{step + 1:08d}", accelerator, module,
-                            tokenizer, state(step + 1))
-            if accelerator.is_main_process:
-                for old in _step_dirs(output_dir)[:-config.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
-    bar.close()
-    return _finish(accelerator, module, tokenizer, output_dir, total, ckpt, saved)
+    return start
 
 
-def _train_module(config: TrainConfig, model: nn.Module, extractor: Extractor, pad_id: int,
-                  device: torch.device) -> TrainModule:
-    """The module for ``model``: an encoder-decoder pools its encoder with ``encoder_pooling`` and
-    runs one padded MLC batch (the shared-prefix cache behind length buckets needs causal
-    attention, which an encoder does not have)."""
-    mlc_cfg = config.mlc if config.uses_mlc else None
-    if mlc_cfg is None:
-        return TrainModule(model, extractor, pad_id=pad_id)
-    seq2seq = is_encoder_decoder(model)
-    return TrainModule(model, extractor, mlc_cfg.layer,
-                       config.encoder_pooling if seq2seq else mlc_cfg.pooling, mlc_cfg.batching,
-                       pad_id, bucketed=use_buckets(mlc_cfg, device) and not seq2seq)
+def _batches(run: _Run, step: int) -> _Step:
+    """The alignment and MLC rows of global step ``step``, a pure function of (seed, phase,
+    epoch), so a resumed run replays exactly the batches it would have seen."""
+    index, j = _locate(run.phases, step)
+    phase, config = run.phases[index], run.config
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    align = None
+    tokens = 0
+    if phase.align:
+        rows = _slice(len(run.data.align), config.batch_size, phase.steps_per_epoch, j,
+                      config.seed, index, rank, world)
+        align = run.collate([run.data.align[i] for i in rows], config.align == "dpo")
+        align["rows"] = torch.tensor(rows)
+        tokens += int(align["attention_mask"].sum()) + (
+            int(align["response_mask"].sum()) if "labels" in align else 0)
+    mlc = run.mlc.batch(phase, index, j, rank, world)
+    if mlc is not None:
+        tokens += int(mlc["attention_mask"].sum())
+    return _Step(phase, j, align, mlc, tokens, _positions(align, mlc, run.core))
+
+
+def _loss(run: _Run, batch: _Step, step: int) -> tuple[Tensor, dict[str, Any]]:
+    """One forward: the alignment loss + ``lam`` x the MLC term, and the step's log row so far."""
+    device = run.accelerator.device
+    with run.accelerator.autocast():
+        out = run.module(align=_to_device(batch.align, device) if batch.align else None,
+                         mlc=_to_device(batch.mlc, device) if batch.mlc else None)
+    row: dict[str, Any] = {"step": step + 1, "phase": batch.phase.name,
+                           "epoch": batch.j // max(batch.phase.steps_per_epoch, 1)}
+    loss = torch.zeros((), device=device)
+    if batch.align is not None:
+        align_loss, stats = align_objective(run.config, out, run.ref_logps, batch.align["rows"])
+        row.update(stats)
+        loss = loss + align_loss
+        row["align_loss"] = float(align_loss.detach())
+    if batch.mlc is not None:
+        loss = loss + run.mlc.term(out, row)
+    row["loss"] = float(loss.detach())
+    return loss, row
+
+
+def _optimize(run: _Run, loss: Tensor, row: dict[str, Any], step: int) -> float:
+    """Backward, clip, step; returns the gradient norm. A non-finite loss or gradient never
+    reaches the optimizer: the last good state is saved and the run stops."""
+    if not torch.isfinite(loss):
+        _stop(run, step, row, "loss")
+    run.accelerator.backward(loss)
+    grad_norm = run.accelerator.clip_grad_norm_(run.params, run.config.max_grad_norm or float("inf"))
+    if not torch.isfinite(torch.as_tensor(grad_norm)):
+        run.optimizer.zero_grad(set_to_none=True)
+        _stop(run, step, row, "gradient")
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def _log(run: _Run, row: dict[str, Any], batch: _Step, grad_norm: float, tick: float) -> None:
+    """Complete the step's row (gradient norm, lr, cost, seconds) and append it to ``log.jsonl``."""
+    row.update(grad_norm=grad_norm, lr=run.scheduler.get_last_lr()[0], tokens=batch.tokens,
+               positions=batch.positions, seconds=round(time.perf_counter() - tick, 4))
+    if run.accelerator.is_main_process:
+        append_jsonl(run.output_dir / "log.jsonl", row)
+
+
+def _checkpoint(run: _Run, step: int) -> None:
+    """Every ``save_every`` steps (but not after the last: ``final/`` follows), keeping the newest
+    ``keep_checkpoints``."""
+    config = run.config
+    if not config.save_every or (step + 1) % config.save_every or step + 1 >= run.total:
+        return
+    save_checkpoint(run.output_dir / "steps" / f"step-{step + 1:08d}", run.accelerator, run.module,
+                    run.tokenizer, run.state(step + 1))
+    if run.accelerator.is_main_process:
+        for old in _step_dirs(run.output_dir)[:-config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, module: TrainModule) -> int:
@@ -718,10 +869,10 @@ def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, modu
                             if module.bucketed else 0) if mlc is not None else 0)
 
 
-def _stop(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Path, step: int,
-          state: Any, row: dict[str, Any], what: str) -> None:
-    path = save_checkpoint(output_dir / "steps" / f"step-{step:08d}", accelerator, module,
-                           tokenizer, state(step))
+def _stop(run: _Run, step: int, row: dict[str, Any], what: str) -> None:
+    """Save the state after the last good step (``step``) and stop the run with a TrainingError."""
+    path = save_checkpoint(run.output_dir / "steps" / f"step-{step:08d}", run.accelerator,
+                           run.module, run.tokenizer, run.state(step))
     raise TrainingError(
         f"Non-finite {what} at step {step + 1} ({ {k: v for k, v in row.items() if 'loss' in k} }); "
         f"nothing from this step reached the optimizer. The last good state (after step {step}) is "
@@ -729,22 +880,23 @@ def _stop(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Pat
         f"resume from it.")
 
 
-def _finish(accelerator: Any, module: TrainModule, tokenizer: Any, output_dir: Path, total: int,
-            ckpt: Path | None, saved: dict[str, Any] | None) -> TrainResult:
+def _finish(run: _Run) -> TrainResult:
     """Save ``OUTPUT/final`` (LoRA merged into the weights, so ``load_model`` reads it)."""
-    unwrapped = accelerator.unwrap_model(module)
+    accelerator, output_dir, tokenizer = run.accelerator, run.output_dir, run.tokenizer
+    unwrapped = accelerator.unwrap_model(run.module)
     if hasattr(unwrapped.model, "peft_config"):
         unwrapped.model = unwrapped.model.merge_and_unload()
     final = save_checkpoint(output_dir / "final", accelerator, unwrapped, tokenizer, None)
     rows = read_jsonl(output_dir / "log.jsonl", skip_partial_last=True) \
         if (output_dir / "log.jsonl").exists() else []
+    resumed_from = run.saved["step"] if run.saved else 0
     if accelerator.is_main_process:
         atomic_write_json(output_dir / "summary.json", {
-            "steps": total, "resumed_from": saved["step"] if saved else 0,
+            "steps": run.total, "resumed_from": resumed_from,
             "final_dir": str(final), "last": rows[-1] if rows else None})
     unwrapped.model.eval()
     return TrainResult(unwrapped.model, tokenizer, unwrapped.extractor.eval(), output_dir, final,
-                       total, rows, saved["step"] if saved else 0)
+                       run.total, rows, resumed_from)
 
 
 __all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "align_objective",

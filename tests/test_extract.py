@@ -12,7 +12,7 @@ import torch
 from mlcwb.commands.extract import register
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import ConfigError, ExtractionError, LanguageError
-from mlcwb.extract import (POOLINGS, Representations, _backbone, encode_with_content,
+from mlcwb.extract import (POOLINGS, Representations, backbone, encode_with_content,
                            extract, num_layers, pool_hidden)
 from mlcwb.models import encode_prompts
 
@@ -166,7 +166,7 @@ def test_encoder_decoder_uses_encoder_states(tiny_t5) -> None:
 
 def test_forward_stops_after_deepest_layer_and_skips_lm_head(tiny_llama) -> None:
     model, tok = tiny_llama
-    blocks = _backbone(model).blocks
+    blocks = backbone(model).blocks
     calls = {"block3": 0, "block4": 0, "head": 0}
     hooks = [blocks[2].register_forward_hook(lambda *a: calls.__setitem__("block3", calls["block3"] + 1)),
              blocks[3].register_forward_hook(lambda *a: calls.__setitem__("block4", calls["block4"] + 1)),

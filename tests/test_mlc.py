@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlcwb.errors import ConfigError
-from mlcwb.mlc import (Extractor, MLCConfig, mlc_floor, mlc_loss, mlc_objective,
-                       pairwise_cosine_loss, prompt_states)
+from mlcwb.errors import ConfigError, ExtractionError
+from mlcwb.extract import prompt_states
+from mlcwb.mlc import Extractor, MLCConfig, mlc_floor, mlc_loss, mlc_objective, pairwise_cosine_loss
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -165,8 +165,12 @@ def test_prompt_states_match_extract_and_carry_gradients(tiny_llama):
     mlc_loss(z).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    with pytest.raises(ConfigError, match="out of range"):
-        prompt_states(model, enc["input_ids"], enc["attention_mask"], layer=9)
+    for bad_layer in (9, -6):  # one check for training and extraction: the same error, same words
+        with pytest.raises(ExtractionError, match=rf"Layer {bad_layer} is out of range.*0\.\.4") as got:
+            prompt_states(model, enc["input_ids"], enc["attention_mask"], layer=bad_layer)
+        with pytest.raises(ExtractionError) as expected:
+            extract(model, tok, texts, layers=[bad_layer], progress=False)
+        assert str(got.value) == str(expected.value)
 
 
 # --------------------------------------------------------------------------- contrastive variant

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mlcwb.errors import ConfigError
+from mlcwb.errors import ConfigError, ExtractionError
+from mlcwb.extract import prompt_states
 from mlcwb.mlc import Extractor, MLCConfig, mlc_loss
 from mlcwb.models import load_model
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, encoder_states, is_encoder_decoder
@@ -50,8 +51,10 @@ def test_encoder_states_are_what_extract_reads_and_ignore_padding(tiny_t5):
     reps = extract(model, tok, texts, langs="en", layers=[-1], pooling="content_mean", progress=False)
     assert torch.allclose(states, torch.from_numpy(reps.values[:, 0, 0]), atol=1e-5)
     assert torch.allclose(states[:1], alone, atol=1e-5)
-    with pytest.raises(ConfigError, match="out of range"):
+    with pytest.raises(ExtractionError, match=r"Layer 9 is out of range.*0\.\.2"):
         encoder_states(model, enc["input_ids"], enc["attention_mask"], layer=9)
+    with pytest.raises(ConfigError, match="encoder attends both ways"):
+        prompt_states(model, enc["input_ids"], enc["attention_mask"], bucketed=True)
 
 
 def test_encoder_decoder_refuses_the_decoder_only_official_batching(tiny_t5):
