@@ -300,3 +300,23 @@ def test_balanced_subset_has_both_labels():
     assert len(sub) == 10 and sum(p.harmful for p in sub) == 5
     assert sub.ids == [i for i in test.ids if i in set(sub.ids)]
     assert test.balanced(10, seed=1).ids == sub.ids != test.balanced(10, seed=2).ids
+
+
+def test_package_names_its_entry_points_and_imports_them_lazily():
+    """``import mlcwb`` loads no torch; each curated name is the object its module defines."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib, mlcwb\n"
+            "assert 'torch' not in sys.modules, 'import mlcwb loaded torch'\n"
+            "for name, module in mlcwb._ENTRY_POINTS.items():\n"
+            "    assert getattr(mlcwb, name) is getattr(importlib.import_module(module), name), name\n"
+            "assert set(mlcwb.__all__) == {'__version__', *mlcwb._ENTRY_POINTS} <= set(dir(mlcwb))\n"
+            "try:\n"
+            "    mlcwb.no_such_name\n"
+            "except AttributeError:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise AssertionError('unknown names must raise AttributeError')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
