@@ -2,9 +2,9 @@
 
 One forward pass scores a fixed answer, which is how the quickstart compares a refusal-style
 opening with a compliance-style one and how utility is measured as perplexity on reference
-answers, both without sampling noise. ``masked_token_logps`` is the one place answer tokens are
-scored: training's preference and SFT losses (``mlcwb.train``, ``mlcwb.seq2seq``) read it too, so
-a score measured here is the score those losses optimise.
+answers, both without sampling noise. ``masked_token_logps`` is the answer score itself (the sum
+of an answer's token log-probs); training's SFT and preference losses optimise that same sum, so
+one function serves both.
 """
 
 from __future__ import annotations
