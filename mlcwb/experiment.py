@@ -71,7 +71,7 @@ def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
         "mlc": lambda: base.replace(mlc=mlc, schedule="joint"),
         "mlc_seq": lambda: base.replace(mlc=mlc, schedule="sequential"),
         "mlc_only": lambda: base.replace(
-            mlc=dataclasses.replace(mlc, aux_every=1), align="none", schedule="joint",
+            mlc=dataclasses.replace(mlc, aux_every=1), align="none", pref_loss="sigmoid", schedule="joint",
             lr=base.lr if mlc_only_lr is None else mlc_only_lr),
     }
     return {arm: derived[arm]().replace(output_dir=str(root / arm)) for arm in arms}

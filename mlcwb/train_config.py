@@ -21,7 +21,7 @@ import yaml
 
 from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.extract import POOLINGS
-from mlcwb.languages import get_language
+from mlcwb.languages import PAPER_LANGUAGES, get_language
 from mlcwb.mlc import MLCConfig
 from mlcwb.preference import PREF_LOSSES
 
@@ -70,8 +70,7 @@ class TrainConfig:
     model: str = "smollm2-135m-instruct"
     data: str = "corpus"
     split: str | list[str] = "train"
-    langs: list[str] = field(default_factory=lambda: ["en", "zh", "ru", "ja", "ar", "bn", "sw",
-                                                      "ur", "ps", "ku"])
+    langs: list[str] = field(default_factory=lambda: list(PAPER_LANGUAGES))
     align_langs: list[str] = field(default_factory=lambda: ["en"])
     max_prompts: int | None = None
     align: str = "dpo"

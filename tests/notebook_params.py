@@ -14,7 +14,8 @@ SMOKE: dict[str, dict] = {
                          "method": "pca"},
     "04_mlc_training": {"model_name": "tiny-random-llama", "languages": ["en", "zh", "ru"],
                         "mlc_languages": ["en", "zh"], "mlc_only": True, "train_prompts": 8,
-                        "heldout_prompts": 6, "lr": 1e-3, "aux_every": 1, "save_every": 2},
+                        "heldout_prompts": 6, "lr": 1e-3, "aux_every": 1, "save_every": 2,
+                        "pref_loss": "simpo"},
     "05_safety_comparison": {"languages": ["en", "sw"], "n_harmful": 3, "n_benign": 3,
                              "max_new_tokens": 16, "utility_prompts": 4, "n_boot": 200},
 }

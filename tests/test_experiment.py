@@ -17,10 +17,10 @@ from tests.test_train import tiny_config, tiny_prompts
 
 
 def test_arms_differ_only_in_their_objective(tmp_path):
-    base = tiny_config(tmp_path, align="sft")
+    base = tiny_config(tmp_path, align="dpo", pref_loss="simpo")
     mlc = MLCConfig(batch_size=2, extractor_dim=16, aux_every=2, variant="contrastive")
     configs = arm_configs(base, mlc, ARMS, mlc_only_lr=5e-4)
-    assert configs["align"].mlc is None and configs["align"].align == "sft"
+    assert configs["align"].mlc is None and configs["align"].pref_loss == "simpo"
     assert configs["mlc"].mlc == mlc and configs["mlc"].schedule == "joint"
     assert configs["mlc_seq"].schedule == "sequential"
     only = configs["mlc_only"]
