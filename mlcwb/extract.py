@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from mlcwb.errors import CacheError, ConfigError, ExtractionError, LanguageError
 from mlcwb.io import atomic_write_bytes, atomic_write_json
-from mlcwb.models import encode_prompts, format_prompt, model_fingerprint, resolve_device
+from mlcwb.models import (encode_prompts, format_prompt, model_fingerprint, resolve_device,
+                          uses_chat_template)
 
 if TYPE_CHECKING:
     from mlcwb.data import PromptSet
@@ -112,7 +113,7 @@ def encode_with_content(tokenizer: Any, texts: Sequence[str], chat_template: boo
                 "prefix token counts and may be off by one at the boundaries.",
                 type(tokenizer).__name__)
     enc = encode_prompts(tokenizer, texts, chat_template=chat_template, padding_side=padding_side)
-    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    templated = uses_chat_template(tokenizer, chat_template)
 
     def count(prefix: str) -> int:  # special tokens as encode_prompts adds them
         return len(tokenizer(prefix, add_special_tokens=not templated)["input_ids"])
@@ -601,7 +602,7 @@ def _gather_texts(prompts: "PromptSet | Sequence[str]", langs: Sequence[str] | s
 def _cache_key(fingerprint: str, tokenizer: Any, chat_template: bool, layers: list[int],
                pooling: str, languages: list[str], ids: list[str], texts: list[list[str]]) -> dict:
     """What a cached result must have been made with to be reused (texts and template hashed)."""
-    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    templated = uses_chat_template(tokenizer, chat_template)
     return {
         "version": CACHE_VERSION, "model_fingerprint": fingerprint, "layers": layers,
         "pooling": pooling, "languages": languages, "prompt_ids": ids, "texts": _sha(texts),
@@ -636,7 +637,7 @@ def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
     fingerprint = model_fingerprint(model)
     name = getattr(model, "mlcwb_name", None) or getattr(model, "name_or_path", "") or \
         type(model).__name__
-    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    templated = uses_chat_template(tokenizer, chat_template)
     key = _cache_key(fingerprint, tokenizer, chat_template, layer_list, pooling, languages, ids, texts)
     cache_path = None
     if cache_dir is not None:

@@ -34,9 +34,6 @@ from torch import Tensor, nn
 
 from mlcwb.errors import ConfigError
 from mlcwb.extract import POOLINGS
-# Re-exported only for mlcwb.trl_bridge, which still imports it from here; the prompt forward is
-# the extraction module's (``mlcwb.extract.prompt_states``): import it from there.
-from mlcwb.extract import prompt_states  # noqa: F401
 
 VARIANTS = ("official", "cosine", "contrastive")
 EXTRACTORS = ("linear", "frozen", "identity")

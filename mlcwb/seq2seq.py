@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mlcwb.extract import prompt_states
+from mlcwb.scoring import masked_token_logps
 
 if TYPE_CHECKING:
     from mlcwb.train import AlignExample
@@ -64,10 +65,7 @@ def answer_logps(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    decoder_input_ids=decoder_input_ids, use_cache=False).logits
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_logp = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    mask = batch["response_mask"].to(torch.float32)
-    return (token_logp * mask).sum(-1), mask.sum(-1)
+    return masked_token_logps(logits, labels, batch["response_mask"])
 
 
 def encoder_states(model: Any, input_ids: Tensor, attention_mask: Tensor, layer: int = -1,

@@ -43,14 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
 from mlcwb.collapse import CollapseWatch, batch_distinctness
+from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
 from mlcwb.extract import (computed_positions, encode_with_content, pool_hidden, position_ids,
                            prompt_states, shared_prefix)
 from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
+from mlcwb.scoring import masked_token_logps
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, is_encoder_decoder
 from mlcwb.train_config import REFUSAL, TrainConfig
 
@@ -207,11 +208,8 @@ def encode_mlc(tokenizer: Any, groups: Sequence[Sequence[str]], chat_template: b
 def response_logps(logits: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
     """Sum of answer-token log-probs per row and answer lengths, from the last ``keep`` logits."""
     keep = batch["keep"]
-    targets = batch["input_ids"][:, -keep + 1:]
-    mask = batch["response_mask"][:, -keep + 1:].to(torch.float32)
-    logp = torch.log_softmax(logits[:, -keep:-1].float(), dim=-1)
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logp * mask).sum(-1), mask.sum(-1)
+    return masked_token_logps(logits[:, -keep:-1], batch["input_ids"][:, -keep + 1:],
+                              batch["response_mask"][:, -keep + 1:])
 
 
 def sft_loss(logps: Tensor, lengths: Tensor) -> Tensor:

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from mlcwb.errors import ConfigError
-from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, prompt_states, use_buckets
+from mlcwb.extract import prompt_states
+from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.seq2seq import is_encoder_decoder
 from mlcwb.train import encode_mlc
 

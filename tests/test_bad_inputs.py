@@ -177,7 +177,7 @@ def test_mlc_layer_out_of_range_in_training(tmp_path):
 
     config = _train_config(tmp_path, mlc=MLCConfig(batch_size=2, extractor_dim=16, aux_every=1,
                                                    layer=99))
-    with pytest.raises(ConfigError, match="layer 99 is out of range"):
+    with pytest.raises(ExtractionError, match="Layer 99 is out of range"):
         train(config, prompts=_prompts())
     assert _files(tmp_path) == ["run/config.yaml"]  # the run's settings, whole; no checkpoint
 
