@@ -58,6 +58,9 @@ CANDIDATES: dict[str, dict] = {
     "sft-full-64-1e-5": {"align": "sft", "max_prompts": 64, "lr": 1e-5},
     "mlc-official-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "official"}},
     "mlc-contrastive-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "contrastive"}},
+    # at the last layer's last token translations start far apart (cosine 0.40) and the state
+    # decides the first answer token; at layer 16 of 24 they are already closer than other prompts
+    "mlc-contrastive-l16-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "contrastive", "layer": 16}},
     "dpo-full-64-2e-6": {"align": "dpo", "max_prompts": 64, "lr": 2e-6},
     "sft-lora-64-2e-4": {"align": "sft", "max_prompts": 64, "lr": 2e-4, "lora": {}},
     "dpo-lora-64-5e-5": {"align": "dpo", "max_prompts": 64, "lr": 5e-5, "lora": {}},
@@ -65,7 +68,7 @@ CANDIDATES: dict[str, dict] = {
 
 
 def candidate_config(settings: dict, model: str, output_dir: str) -> TrainConfig:
-    """English-only alignment (no MLC) or MLC only (lam 0.8, every step, last layer)."""
+    """English-only alignment (no MLC) or MLC only (lam 0.8, every step, last layer unless set)."""
     settings = dict(settings)
     mlc = settings.pop("mlc", None)
     mlc = None if mlc is None else {"lam": 0.8, "aux_every": 1, "batch_size": 4, **mlc}
