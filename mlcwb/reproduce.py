@@ -97,7 +97,7 @@ PRESETS: dict[str, Preset] = {
                     "(refuses harmful requests in English far more than elsewhere), English-only "
                     "alignment vs + MLC joint, sequential and MLC alone; MLC on en zh ru ja ar, the "
                     "other six corpus languages unseen; the whole test split and MultiJail "
-                    "(about two hours on 2 CPU cores)",
+                    "(about three hours on 2 CPU cores, mostly generation)",
         common={"model_name": "qwen2.5-coder-0.5b-instruct", "languages": TRANSFER_LANGUAGES,
                 "device": "auto"},
         notebooks={
