@@ -119,8 +119,8 @@ def choose(candidates: list[dict], budget_s: float) -> str | None:
 
 def _log_summary(log: list[dict]) -> list[dict]:
     """The training log's losses and collapse diagnostics, rounded (one row per step)."""
-    keys = ("step", "align_loss", "mlc_loss", "mlc_loss_ref", "prompt_cos", "pair_cos",
-            "margin", "retrieval", "seconds")
+    keys = ("step", "align_loss", "reward_margin", "mlc_loss", "mlc_loss_ref", "prompt_cos",
+            "pair_cos", "margin", "retrieval", "seconds")
     return [{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in keys if k in r}
             for r in log]
 

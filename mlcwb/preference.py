@@ -114,7 +114,7 @@ def preference_loss(kind: str, logps: Tensor, lengths: Tensor, ref_logps: Tensor
                               f"reference log-probs are needed.")
         (loss, margin), extra = _with_reference(kind, logps, lengths, ref_logps.to(logps), beta), {}
     return loss, {"reward_acc": float((margin > 0).float().mean()),
-                  "margin": float(margin.detach().mean()), **extra}
+                  "reward_margin": float(margin.detach().mean()), **extra}
 
 
 def _with_reference(kind: str, logps: Tensor, lengths: Tensor, ref: Tensor,

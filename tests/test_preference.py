@@ -35,7 +35,7 @@ def test_sigmoid_is_dpo_on_summed_logps():
     expected = (softplus(-1.0) + softplus(-0.5)) / 2
     loss, stats = preference_loss("sigmoid", LOGPS, LENGTHS, REF, beta=0.5)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert stats["reward_acc"] == 1.0 and stats["margin"] == pytest.approx(1.5)
+    assert stats["reward_acc"] == 1.0 and stats["reward_margin"] == pytest.approx(1.5)
     assert dpo_loss(LOGPS, REF, 0.5)[0].item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -52,7 +52,7 @@ def test_ipo_is_squared_distance_to_half_inverse_beta_on_average_logps():
     expected = ((0.75 - 1) ** 2 + (0.2 - 1) ** 2) / 2
     loss, stats = preference_loss("ipo", LOGPS, LENGTHS, REF, beta=0.5)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert stats["margin"] == pytest.approx((0.75 + 0.2) / 2, abs=1e-6)
+    assert stats["reward_margin"] == pytest.approx((0.75 + 0.2) / 2, abs=1e-6)
     assert ipo_loss(torch.tensor([1.0]), 0.5).item() == 0.0
 
 

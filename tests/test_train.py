@@ -452,3 +452,12 @@ def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
     assert train(config.replace(max_steps=3), prompts=tiny_prompts()).resumed_from == 1
     with pytest.raises(TrainingError, match="pref_loss"):
         train(config.replace(max_steps=4, pref_loss="ipo"), prompts=tiny_prompts())
+
+
+def test_a_dpo_plus_mlc_step_logs_the_reward_margin_and_the_collapse_margin_apart(tmp_path):
+    """Both the preference loss and the collapse watch report a margin: neither may hide the other."""
+    config = tiny_config(tmp_path, align="dpo", max_steps=1,
+                         mlc=MLCConfig(batch_size=2, extractor_dim=16, aux_every=1))
+    row = train(config, prompts=tiny_prompts()).log[0]
+    assert {"reward_margin", "margin", "pair_cos", "prompt_cos", "mlc_loss", "align_loss"} <= set(row)
+    assert row["margin"] == pytest.approx(row["pair_cos"] - row["prompt_cos"])
