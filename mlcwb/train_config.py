@@ -29,7 +29,6 @@ ALIGNS = ("sft", "dpo", "none")
 SCHEDULES = ("joint", "sequential")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BENIGN_REJECTED = ("refusal", "skip")
-PREF_LOSS = PREF_LOSSES  # the name under which `mlcwb config train` finds a key's choices
 ENCODER_POOLINGS = POOLINGS
 REFUSAL = "I'm sorry, but I can't help with that."
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
 from mlcwb.errors import ConfigError
@@ -102,7 +101,7 @@ class MLCTrainerMixin:
         batch = {k: v.to(unwrapped.device) for k, v in batch.items()}
         states = prompt_states(unwrapped, batch["input_ids"], batch["attention_mask"],
                                self.mlc_config.layer, self.mlc_config.pooling, batch["content_mask"],
-                               bucketed=use_buckets(self.mlc_config, states_device(unwrapped)))
+                               bucketed=use_buckets(self.mlc_config, unwrapped.device))
         z = self.mlc_extractor.to(states.device)(states)
         return mlc_term(z, len(groups[0]), self.mlc_config, self.mlc_weights)
 
@@ -122,10 +121,6 @@ class MLCTrainerMixin:
         if self.mlc_last is not None and "loss" in logs:
             logs = {**logs, "mlc_loss": self.mlc_last}
         super().log(logs, *args, **kwargs)
-
-
-def states_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def mlc_trainer(base: type) -> type:

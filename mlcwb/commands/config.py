@@ -125,10 +125,10 @@ def _inline_comments(cls: type) -> dict[str, str]:
 
 
 def _choices(cls: type, name: str) -> tuple[str, ...] | None:
-    """The allowed values a field's module declares as ``NAME``/``NAMES`` (``ALIGNS`` for
-    ``align``): the same tuples ``validate`` checks against."""
+    """The allowed values a field's module declares as ``NAME``/``NAMES``/``NAMEES`` (``ALIGNS``
+    for ``align``, ``PREF_LOSSES`` for ``pref_loss``): the tuples ``validate`` checks against."""
     module = sys.modules[cls.__module__]
-    for constant in (name.upper(), name.upper() + "S"):
+    for constant in (name.upper(), name.upper() + "S", name.upper() + "ES"):
         values = getattr(module, constant, None)
         if isinstance(values, tuple) and values and all(isinstance(v, str) for v in values):
             return values
