@@ -21,17 +21,17 @@ _ENTRY_POINTS = {
     "load_model": "mlcwb.models",
     "load_corpus": "mlcwb.data",
     "PromptSet": "mlcwb.data",
-    "run_dir": "mlcwb.paths",
+    "open_run_dir": "mlcwb.paths",
     "Representations": "mlcwb.extract",
     "MLCConfig": "mlcwb.mlc",
     "TrainConfig": "mlcwb.train_config",
     "arm_configs": "mlcwb.experiment",
     "train_arms": "mlcwb.experiment",
-    "generate": "mlcwb.evaluate",
+    "generate": "mlcwb.generation",
     "make_judge": "mlcwb.judges",
     "apply_judge": "mlcwb.judges",
-    "language_metrics": "mlcwb.report",
-    "safety_table": "mlcwb.report",
+    "language_metrics": "mlcwb.metrics",
+    "safety_table": "mlcwb.tables",
 }
 
 __all__ = ["__version__", *_ENTRY_POINTS]

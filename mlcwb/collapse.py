@@ -117,7 +117,7 @@ def opening(text: str, words: int = OPENING_WORDS) -> str:
 def opening_diversity(responses: pd.DataFrame, words: int = OPENING_WORDS) -> pd.DataFrame:
     """Per language: how many different openings the answers have, and the top one's share.
 
-    ``responses`` needs ``lang`` and ``response`` columns (a frame from ``mlcwb.evaluate``).
+    ``responses`` needs ``lang`` and ``response`` columns (a frame from ``mlcwb.generation``).
     ``collapsed`` is set where the most common opening covers more than
     ``COLLAPSED_OPENING_SHARE`` of the answers.
     """

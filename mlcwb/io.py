@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mlcwb.errors import DataError
+from mlcwb.errors import ConfigError, DataError
 
 
 @contextlib.contextmanager
@@ -72,6 +72,20 @@ def read_json(path: str | Path) -> Any:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg}); delete it and rerun the stage "
                         f"that writes it.") from exc
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content (``{}`` for an empty file); a missing file or bad YAML is a
+    ConfigError that names ``what`` the file was meant to be."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist.")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
 
 
 def read_jsonl(path: str | Path, skip_partial_last: bool = False) -> list[dict]:

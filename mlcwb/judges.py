@@ -574,7 +574,7 @@ class HFJudge:
         return out
 
     def _judge_batch(self, texts: list[str]) -> list[Verdict]:
-        from mlcwb.evaluate import generate_texts
+        from mlcwb.generation import generate_texts
 
         if self.classifier:
             return self._classify(texts)

@@ -10,6 +10,7 @@ and the MLC paper report results: by the language's share of CommonCrawl, high >
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlcwb.errors import LanguageError
@@ -107,3 +108,11 @@ def language_codes(langs: str | list[str] | tuple[str, ...]) -> list[str]:
     if isinstance(langs, str):
         langs = [langs]
     return list(dict.fromkeys(get_language(c).code for c in langs))
+
+
+def study_languages(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
+    """The languages a notebook measures: ``requested`` as given, else those of ``available`` that
+    the paper studies, else all of ``available`` (a prompt set with none of the paper's languages)."""
+    if requested:
+        return list(requested)
+    return [lang for lang in available if lang in PAPER_LANGUAGES] or list(available)

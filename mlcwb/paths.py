@@ -29,8 +29,10 @@ def shared_data_dir() -> Path:
     return Path(env) if env else repo_root().parent / "shared" / "data"
 
 
-def run_dir(path: str | Path) -> Path:
-    """A run directory (``runs/<name>/``), created if missing; relative paths are taken as given."""
-    path = Path(path)
+def open_run_dir(path: str | Path) -> Path:
+    """A run directory (``runs/<name>/``), created if missing, as an absolute path (a relative one
+    is taken from the working directory), so a notebook's ``run_dir`` parameter names one folder
+    whichever way it is written."""
+    path = Path(path).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from mlcwb.errors import ConfigError, LanguageError, ModelFetchError
-from mlcwb.io import atomic_write_json
+from mlcwb.io import atomic_write_json, read_yaml
 from mlcwb.languages import PAPER_LANGUAGES
 from mlcwb.notebooks import execute_notebook, notebook_paths
-from mlcwb.paths import run_dir as make_run_dir
+from mlcwb.paths import open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +204,7 @@ def load_preset(name: str, config: str | Path | None = None) -> Preset:
     if config is None:
         return preset
     path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "Preset config")
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k) or {}, dict)
                                             for k in ("common", "notebooks")):
         raise ConfigError(f"{path}: a preset config is a mapping with common: and notebooks: "
@@ -368,7 +362,7 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
     ``execute_notebook``); a summary line per stage ends the run either way.
     """
     preset = preset if isinstance(preset, Preset) else load_preset(preset, config)
-    out = make_run_dir(out).resolve()
+    out = open_run_dir(out)
     preflight(preset)
     atomic_write_json(out / "config.json", {"preset": preset.name, "description": preset.description,
                                             "common": preset.common, "notebooks": preset.notebooks,

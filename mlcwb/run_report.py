@@ -21,8 +21,9 @@ import pandas as pd
 from mlcwb.bench import machine_info
 from mlcwb.errors import DataError
 from mlcwb.io import atomic_write_json, atomic_write_text
-from mlcwb.report import (METRICS, METRICS_CSV, holm_adjust, paired_comparison, safety_table,
-                          to_latex, to_markdown, with_interval, write_metrics_csv)
+from mlcwb.metrics import METRICS, holm_adjust, paired_comparison
+from mlcwb.tables import (METRICS_CSV, safety_table, to_latex, to_markdown, with_interval,
+                          write_metrics_csv)
 
 log = logging.getLogger(__name__)
 

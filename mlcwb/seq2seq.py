@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mlcwb.extract import prompt_states
-from mlcwb.scoring import masked_token_logps
+from mlcwb.logprobs import masked_token_logps
 
 if TYPE_CHECKING:
     from mlcwb.train import AlignExample

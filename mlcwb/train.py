@@ -15,7 +15,7 @@ loss of DPO pairs is ``pref_loss`` (``mlcwb.preference``: sigmoid, IPO, hinge, O
 
 The model and the extractor sit in one ``nn.Module`` whose single forward does both passes, so
 accelerate's wrappers (DDP, FSDP, DeepSpeed) see one forward per step: the distributed engine is
-accelerate's, ``accelerate launch -m mlcwb.train CONFIG`` runs this file on many GPUs.
+accelerate's, ``accelerate launch -m mlcwb train CONFIG`` runs it on many GPUs.
 
 Checkpoints (``OUTPUT/steps/step-N/``) are save_pretrained model dirs (``load_model(path)`` loads
 them) plus ``extractor.safetensors`` and ``training_state.pt`` (optimizer, scheduler, RNG, step,
@@ -31,7 +31,6 @@ import logging
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_js
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
-from mlcwb.scoring import masked_token_logps
+from mlcwb.logprobs import masked_token_logps
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, is_encoder_decoder
 from mlcwb.train_config import REFUSAL, TrainConfig
 
@@ -901,8 +900,3 @@ __all__ = ["AlignExample", "Phase", "TrainData", "TrainModule", "TrainResult", "
            "collate_align", "collator",
            "dpo_loss", "encode_mlc", "latest_checkpoint", "load_extractor", "load_prompts",
            "plan", "prepare_data", "response_logps", "save_checkpoint", "sft_loss", "train"]
-
-if __name__ == "__main__":  # python -m mlcwb.train / accelerate launch -m mlcwb.train: `mlcwb train`
-    from mlcwb.commands.train import main
-
-    sys.exit(main())

@@ -21,6 +21,7 @@ import yaml
 
 from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.extract import POOLINGS
+from mlcwb.io import read_yaml
 from mlcwb.languages import PAPER_LANGUAGES, get_language
 from mlcwb.mlc import MLCConfig
 from mlcwb.preference import PREF_LOSSES
@@ -113,13 +114,7 @@ class TrainConfig:
         return cls(**_coerce_fields(raw, cls, "")).validate()
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Training config {path} does not exist.")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raw = read_yaml(path, "Training config")
         try:
             return cls.from_dict(raw)
         except ConfigError as exc:

@@ -267,7 +267,7 @@ class LLMTranslator:
     """Any chat causal LM asked to translate (greedy), with its answer cleaned by ``clean_llm_output``.
 
     Small models translate poorly; this backend exists for the paper's "self-generated data" direction
-    and for large instruction models on a GPU. It answers through ``mlcwb.evaluate.generate_texts``, the
+    and for large instruction models on a GPU. It answers through ``mlcwb.generation.generate_texts``, the
     same greedy generation (chat template, stop tokens) the safety evaluation uses.
     """
 
@@ -284,7 +284,7 @@ class LLMTranslator:
         return _in_batches(texts, self.batch_size, lambda batch: self._batch(batch, src, tgt))
 
     def _batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
-        from mlcwb.evaluate import generate_texts
+        from mlcwb.generation import generate_texts
 
         names = get_language(src).name, get_language(tgt).name
         prompts = [self.prompt.format(src=names[0], tgt=names[1], text=t) for t in texts]

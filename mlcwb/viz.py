@@ -236,6 +236,27 @@ def _figure_widget_available() -> bool:
     return True
 
 
+def _explorer_controls(layers: Sequence[int], method: str, langs: Sequence[str]) -> tuple[Any, Any, dict[str, Any], Any]:
+    """The explorer's widgets: layer slider, method dropdown, one toggle per language, status line.
+    Each carries a CSS class (``mlcwb-...``) so a browser test can find it."""
+    import ipywidgets as widgets
+
+    slider = widgets.SelectionSlider(options=[(str(layer), layer) for layer in layers],
+                                     value=layers[-1], description="layer",
+                                     continuous_update=False)
+    slider.add_class("mlcwb-layer-slider")
+    dropdown = widgets.Dropdown(options=list(METHODS), value=method, description="method")
+    dropdown.add_class("mlcwb-method")
+    toggles = {lang: widgets.ToggleButton(value=True, description=lang,
+                                          layout=widgets.Layout(width="auto"))
+               for lang in langs}
+    for toggle in toggles.values():
+        toggle.add_class("mlcwb-lang-toggle")
+    status = widgets.HTML()
+    status.add_class("mlcwb-explorer-status")
+    return slider, dropdown, toggles, status
+
+
 def explorer(reps: Reps, layers: Sequence[int] | None = None, method: str = "pca",
              langs: Sequence[str] | None = None, highlight: Sequence[str] = (),
              seed: int = 0) -> ipywidgets.VBox | go.Figure:
@@ -270,19 +291,7 @@ def explorer(reps: Reps, layers: Sequence[int] | None = None, method: str = "pca
     models = list(mapping)
     lang_list = list(dict.fromkeys(start["lang"]))
     figure = go.FigureWidget(scatter_figure(start, highlight))
-    slider = widgets.SelectionSlider(options=[(str(layer), layer) for layer in layers],
-                                     value=layers[-1], description="layer",
-                                     continuous_update=False)
-    slider.add_class("mlcwb-layer-slider")
-    dropdown = widgets.Dropdown(options=list(METHODS), value=method, description="method")
-    dropdown.add_class("mlcwb-method")
-    toggles = {lang: widgets.ToggleButton(value=True, description=lang,
-                                          layout=widgets.Layout(width="auto"))
-               for lang in lang_list}
-    for toggle in toggles.values():
-        toggle.add_class("mlcwb-lang-toggle")
-    status = widgets.HTML()
-    status.add_class("mlcwb-explorer-status")
+    slider, dropdown, toggles, status = _explorer_controls(layers, method, lang_list)
 
     def redraw(_change: Any = None) -> None:
         points = points_for(slider.value, dropdown.value)
@@ -295,15 +304,12 @@ def explorer(reps: Reps, layers: Sequence[int] | None = None, method: str = "pca
             for m in range(len(models)):
                 for i, lang in enumerate(lang_list):
                     figure.data[m * per_model + i].visible = lang in visible
-            figure.layout.title.text = (f"{dropdown.value.upper()} of hidden states, "
-                                        f"layer {slider.value}")
+            figure.layout.title.text = f"{dropdown.value.upper()} of hidden states, layer {slider.value}"
         status.value = (f"layer {slider.value} · {dropdown.value} · "
                         f"{len(points[points['lang'].isin(visible)])} points")
 
-    slider.observe(redraw, names="value")
-    dropdown.observe(redraw, names="value")
-    for toggle in toggles.values():
-        toggle.observe(redraw, names="value")
+    for control in (slider, dropdown, *toggles.values()):
+        control.observe(redraw, names="value")
     redraw()
     box = widgets.VBox([widgets.HBox([slider, dropdown]),
                         widgets.HBox(list(toggles.values())), status, figure])
@@ -364,6 +370,30 @@ def collinearity_figure(frame: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="layer (0 = embeddings)")
     fig.update_layout(template="plotly_white", height=420, title="Collinearity of translations")
     return fig
+
+
+def training_figures(curves: pd.DataFrame, align: str, mlc_floor: float | None = None) -> dict[str, go.Figure]:
+    """The training logs of several runs (``curves``: their log rows with a ``run`` column): the
+    alignment loss; where MLC ran, its term under the trained extractor and the fixed reference
+    projection (a gap between them means the extractor, not the model, did the work), and the
+    collapse watch (translations' cosine against different prompts')."""
+    import plotly.express as px
+
+    figs = {"04_align_loss": px.line(curves.dropna(subset=["align_loss"]), x="step", y="align_loss",
+                                     color="run", title=f"{align.upper()} loss (English)")}
+    mlc_rows = curves.dropna(subset=["mlc_loss"]) if "mlc_loss" in curves else curves.iloc[:0]
+    if mlc_rows.empty:
+        return figs
+    pairs = {"04_mlc_loss": (["mlc_loss", "mlc_loss_ref"],
+                             "MLC term (trained extractor vs fixed reference projection)"),
+             "04_collapse_watch": (["pair_cos", "prompt_cos"],
+                                   "Translations vs different prompts (cosine of MLC states)")}
+    for name, (columns, title) in pairs.items():
+        long = mlc_rows.melt(id_vars=["step", "run"], value_vars=columns)
+        figs[name] = px.line(long, x="step", y="value", color="run", line_dash="variable", title=title)
+    if mlc_floor is not None:
+        figs["04_mlc_loss"].add_hline(y=mlc_floor, line_dash="dot", annotation_text="floor")
+    return figs
 
 
 def probe_figure(frame: pd.DataFrame, metric: str = "accuracy") -> go.Figure:

@@ -16,7 +16,7 @@ import pytest
 
 from mlcwb import models
 from mlcwb.data import Prompt, PromptSet
-from mlcwb.errors import (CacheError, ChecksumError, ConfigError, DataError, EvaluationError,
+from mlcwb.errors import (CacheError, ChecksumError, DataError, EvaluationError,
                           ExtractionError, LanguageError, MLCWBError, UnknownModelError)
 from mlcwb.extract import Representations, extract
 from mlcwb.mlc import MLCConfig

@@ -112,13 +112,16 @@ def test_config_train_comments_every_key(capsys):
     assert any(f"one of {', '.join(ALIGNS)}" in line for line in lines)
 
 
-def test_train_module_entry_point_shares_the_arguments(tmp_path, capsys):
-    """`python -m mlcwb.train CONFIG` (and accelerate launch) parse like `mlcwb train`."""
-    from mlcwb.commands.train import main as train_main
+def test_python_dash_m_mlcwb_is_the_mlcwb_command(tmp_path, capsys, monkeypatch):
+    """`python -m mlcwb train CONFIG` (what `accelerate launch -m mlcwb train` runs) is `mlcwb train`."""
+    import runpy
 
-    assert train_main([str(tmp_path / "missing.yaml"), "--max-steps", "1"]) == 2
+    monkeypatch.setattr(sys, "argv", ["mlcwb", "train", str(tmp_path / "missing.yaml"), "--max-steps", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mlcwb", run_name="__main__")
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlcwb.train: error:") and "missing.yaml" in err
+    assert err.startswith("mlcwb train: error:") and "missing.yaml" in err
 
 
 # ------------------------------------------------------------------ mlcwb notebooks DIR

@@ -3,12 +3,10 @@
 docs/design.md ("Import layers") draws the layers this keeps: a module may import only modules
 below it. An edge is any ``import mlcwb...`` or ``from mlcwb... import ...`` anywhere in a module,
 at module level or inside a function: a lazy import keeps ``mlcwb --help`` fast, but it still makes
-the two modules depend on each other, and a cycle of lazy imports is a cycle of layers. Two kinds of
-import are left out because they never run when the module is imported or called:
-
-* imports under ``if TYPE_CHECKING:`` (annotations only);
-* imports under ``if __name__ == "__main__":`` (they belong to ``python -m`` running the file as a
-  script, which then is not the module other modules import).
+the two modules depend on each other, and a cycle of lazy imports is a cycle of layers. Imports
+under ``if TYPE_CHECKING:`` are left out: they are for annotations and never run. A
+``__main__`` block counts like any other code (``python -m mlcwb`` is ``mlcwb/__main__.py``, so no
+stage module needs one).
 
 Importing ``mlcwb.a.b`` also runs the package ``mlcwb.a`` first, so that is an edge too, except
 into a module's own ancestor packages (``mlcwb.data.corpus`` importing ``mlcwb.data``,
@@ -20,7 +18,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlcwb"
 
@@ -38,13 +35,13 @@ def module_files(package: Path = PACKAGE) -> dict[str, Path]:
 
 
 def _skipped_blocks(tree: ast.Module) -> set[int]:
-    """ids of the nodes inside ``if TYPE_CHECKING:`` and ``if __name__ == "__main__":`` bodies."""
+    """ids of the nodes inside ``if TYPE_CHECKING:`` bodies."""
     skipped: set[int] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.If):
             continue
         test = ast.unparse(node.test).replace("'", '"').replace(" ", "")
-        if test in ("TYPE_CHECKING", "typing.TYPE_CHECKING", '__name__=="__main__"'):
+        if test in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
             skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     return skipped
 
@@ -151,7 +148,7 @@ def _describe(found: list[tuple[str, ...]]) -> str:
 
 def test_import_graph_reads_every_kind_of_import(tmp_path: Path) -> None:
     """Lazy imports count; ``from pkg import submodule`` reaches the submodule; relative imports
-    resolve; TYPE_CHECKING and ``__main__`` blocks, other packages and one's own do not count."""
+    resolve; ``__main__`` blocks count; TYPE_CHECKING blocks, other packages and one's own do not."""
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
     files = {
@@ -175,7 +172,7 @@ def test_import_graph_reads_every_kind_of_import(tmp_path: Path) -> None:
     assert graph["pkg.frompkg"] == {"pkg.base", "pkg.lazy"}
     assert graph["pkg.dotted"] == {"pkg.sub", "pkg.sub.leaf"}  # pkg.sub runs before its leaf
     assert graph["pkg.typing_only"] == {"pkg.lazy"}
-    assert graph["pkg.script"] == {"pkg.base"}
+    assert graph["pkg.script"] == {"pkg.base", "pkg.frompkg"}
     assert graph["pkg.sub"] == {"pkg.sub.leaf"}
     assert graph["pkg.sub.leaf"] == {"pkg.base", "pkg.sub.other"}
     assert graph["pkg.sub.other"] == set()  # its own package
@@ -186,6 +183,7 @@ def test_graph_of_mlcwb_sees_lazy_imports() -> None:
     graph = import_graph()
     assert "mlcwb.train" in graph["mlcwb.experiment"]  # imported inside train_arm() only
     assert "mlcwb.commands.train" in graph["mlcwb.cli"]  # from mlcwb.commands import ..., train
+    assert graph["mlcwb.__main__"] == {"mlcwb.cli"}
 
 
 def test_cycle_finder() -> None:

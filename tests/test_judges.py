@@ -360,7 +360,7 @@ def test_apply_judge_records_the_judge_version(server):
 
 
 def test_hf_judge_cache_skips_judged_responses(tiny_llama, tmp_path, monkeypatch):
-    import mlcwb.evaluate
+    import mlcwb.generation
 
     model, tok = tiny_llama
     asked: list[str] = []
@@ -369,7 +369,7 @@ def test_hf_judge_cache_skips_judged_responses(tiny_llama, tmp_path, monkeypatch
         asked.extend(texts)
         return ["REFUSAL"] * len(texts)
 
-    monkeypatch.setattr(mlcwb.evaluate, "generate_texts", fake_generate)
+    monkeypatch.setattr(mlcwb.generation, "generate_texts", fake_generate)
     cache = tmp_path / "hf.jsonl"
     first = HFJudge(model, tok, cache=cache).judge(["no.", "ok."], prompts=["x", "y"], progress=False)
     assert len(asked) == 2 and len(VerdictCache(cache)) == 2

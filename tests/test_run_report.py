@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import DataError
-from mlcwb.report import language_metrics, to_markdown, with_interval
+from mlcwb.metrics import language_metrics
+from mlcwb.tables import to_markdown, with_interval
 from mlcwb.reproduce import PRESETS, Preset
 from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section,
                               holm_by_language, reading, save_safety_summary,
                               save_training_summary, write_report, write_safety_exports)
-from tests.test_report import _judged
+from tests.test_metrics import _judged
 
 
 def _lang(safety: float, over: float, disc_lo: float) -> dict:
@@ -40,7 +41,7 @@ def _paired(p_values: dict[str, float], holm: bool = True) -> dict:
     per_lang = {lang: {"change": 25.0, "change_lo": 6.25, "change_hi": 43.75, "p_value": p}
                 for lang, p in p_values.items()}
     if holm:
-        from mlcwb.report import holm_adjust
+        from mlcwb.metrics import holm_adjust
 
         for lang, q in zip(per_lang, holm_adjust(list(p_values.values()))):
             per_lang[lang]["p_holm"] = float(q)

@@ -101,7 +101,7 @@ def test_dpo_pairs_use_a_refusal_as_rejected_for_benign_prompts(tmp_path, tiny_l
 # ------------------------------------------------------------------ loss pieces
 
 def test_answer_logprobs_match_an_independent_scorer(tmp_path, tiny_llama):
-    from mlcwb.scoring import continuation_logprobs
+    from mlcwb.logprobs import continuation_logprobs
 
     model, tok = tiny_llama
     data = prepare_data(tiny_config(tmp_path, align="sft"), tiny_prompts(), tok)
@@ -277,7 +277,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     config = tiny_config(tmp_path, data=str(data), epochs=3, save_every=3, keep_checkpoints=2,
                          output_dir=str(tmp_path / "killed"))
     (tmp_path / "c.yaml").write_text(config.to_yaml())
-    cmd = [sys.executable, "-m", "mlcwb.train", str(tmp_path / "c.yaml")]
+    cmd = [sys.executable, "-m", "mlcwb", "train", str(tmp_path / "c.yaml")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = Path(config.output_dir) / "log.jsonl"

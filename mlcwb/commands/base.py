@@ -1,9 +1,8 @@
 """What every ``mlcwb`` command shares: running a parsed command and turning mlcwb's errors into
 one line.
 
-It sits below ``mlcwb.cli`` and the command modules alike, so ``python -m mlcwb.train`` (through
-``mlcwb.commands.train.main``) runs a command the way ``mlcwb train`` does without importing the
-``mlcwb`` entry point. Like every module here it imports nothing heavy.
+It sits below ``mlcwb.cli`` and the command modules alike. Like every module here it imports
+nothing heavy.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from mlcwb.train_config import TrainConfig
 
     header = ("mlcwb train configuration. Edit and run `mlcwb train FILE` (or `accelerate launch "
-              "-m mlcwb.train FILE`); unknown keys are errors that name the closest known key.")
+              "-m mlcwb train FILE`); unknown keys are errors that name the closest known key.")
     print(commented_yaml(TrainConfig(), header), end="")
     return 0
 

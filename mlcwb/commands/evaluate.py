@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlcwb.data import load_corpus, load_multijail
-    from mlcwb.evaluate import generate, judged_csv_path, save_judged
+    from mlcwb.generation import generate, judged_csv_path, save_judged
     from mlcwb.judges import apply_judge, make_judge
     from mlcwb.models import load_model
-    from mlcwb.report import language_metrics
+    from mlcwb.metrics import language_metrics
 
     judge = make_judge(args.judge, device=args.device)  # a bad spec fails before generation
     prompts = load_multijail(args.multijail) if args.multijail else load_corpus(args.langs)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mlcwb.data import load_corpus
     from mlcwb.extract import extract
     from mlcwb.models import load_model
-    from mlcwb.paths import run_dir
+    from mlcwb.paths import open_run_dir
 
     layers = parse_layers(args.layers)  # before loading the model: a typo should fail at once
     langs = [code.strip() for code in args.langs.split(",") if code.strip()] if args.langs else None
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_corpus(langs)
     if args.split:
         prompts = prompts.select(split=args.split.split(","))
-    out = run_dir(args.out) / "reps"
+    out = open_run_dir(args.out) / "reps"
     reps = extract(model, tokenizer, prompts, langs=langs, layers=layers,
                    pooling=args.pooling, chat_template=not args.no_chat_template,
                    batch_size=args.batch_size, cache_dir=out)

@@ -1,12 +1,11 @@
-"""``mlcwb train CONFIG``, also ``python -m mlcwb.train CONFIG`` and
-``accelerate launch -m mlcwb.train CONFIG`` (through ``mlcwb.train.main``): one training run
+"""``mlcwb train CONFIG``, also ``python -m mlcwb train CONFIG`` and
+``accelerate launch -m mlcwb train CONFIG`` (through ``mlcwb/__main__.py``): one training run
 from a YAML file of TrainConfig keys (``mlcwb config train`` prints a commented default)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,3 @@ def run(args: argparse.Namespace) -> int:
     log.info("trained %d steps; final checkpoint %s", result.steps, result.final_dir)
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mlcwb.train``: the same arguments as ``mlcwb train``, without the subcommand."""
-    from mlcwb.commands.base import run_command
-
-    parser = arguments(argparse.ArgumentParser(prog="mlcwb.train",
-                                               description="Align (SFT/DPO) + MLC training."))
-    return run_command(parser.parse_args(argv), "mlcwb.train")

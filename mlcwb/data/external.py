@@ -226,6 +226,30 @@ def _parse_bool(value: Any, where: str, name: str) -> bool:
                     "harmful/benign or unsafe/safe")
 
 
+def _detect_text_columns(path: Path, columns: list[str], taken: set[str | None]) -> dict[str, str]:
+    """Language -> column for every column named ``text_<code>`` or ``<code>`` (a registry code)
+    that no label took; the first such column of a language wins."""
+    found: dict[str, str] = {}
+    for column in columns:
+        code = column[len("text_"):] if column.startswith("text_") else column
+        if column not in taken and code in LANGUAGES:
+            found.setdefault(code, column)
+    if not found:
+        raise DataError(f"{path}: no text columns found (text_<lang> or <lang>); pass text_columns=")
+    return found
+
+
+def _row_text(row: dict[str, Any], text_columns: dict[str, str], here: str) -> dict[str, str]:
+    """One row's prompt text per language; an empty cell is an error naming the row and column."""
+    text = {}
+    for lang, column in text_columns.items():
+        value = row.get(column)
+        if _missing(value) or not str(value).strip():
+            raise DataError(f"{here}: field {column!r}: empty text")
+        text[lang] = str(value)
+    return text
+
+
 def load_table(path: str | Path, text_columns: dict[str, str] | None = None,
                harmful: str | bool | None = None, id_column: str | None = None,
                category: str | None = None, split: str | None = None, borderline: str | None = None,
@@ -259,25 +283,13 @@ def load_table(path: str | Path, text_columns: dict[str, str] | None = None,
                                                       ("borderline", borderline), ("response", response),
                                                       ("rejected", rejected), ("source", source))}
     if text_columns is None:
-        taken = {id_col, harmful_col, *label_cols.values()}
-        text_columns = {}
-        for column in columns:
-            code = column[len("text_"):] if column.startswith("text_") else column
-            if column not in taken and code in LANGUAGES:
-                text_columns.setdefault(code, column)
-        if not text_columns:
-            raise DataError(f"{path}: no text columns found (text_<lang> or <lang>); pass text_columns=")
+        text_columns = _detect_text_columns(path, columns, {id_col, harmful_col, *label_cols.values()})
     else:
         text_columns = {get_language(lang).code: column_for(col, "")
                         for lang, col in text_columns.items()}
     prompts, where = [], []
     for i, (here, row) in enumerate(records, start=1):
-        text = {}
-        for lang, column in text_columns.items():
-            value = row.get(column)
-            if _missing(value) or not str(value).strip():
-                raise DataError(f"{here}: field {column!r}: empty text")
-            text[lang] = str(value)
+        text = _row_text(row, text_columns, here)
 
         def label(field_name: str) -> Any:
             column = label_cols[field_name]
@@ -286,12 +298,11 @@ def load_table(path: str | Path, text_columns: dict[str, str] | None = None,
 
         is_harmful = (harmful if isinstance(harmful, bool)
                       else _parse_bool(row.get(harmful_col), here, harmful_col))
-        is_borderline = label("borderline")
         prompt = Prompt(
             id=str(row[id_col]) if id_col else f"{path.stem}-{i}", text=text, harmful=is_harmful,
             category=str(label("category") or ""), split=str(label("split") or "train"),
             source=str(label("source") or path.name),
-            borderline=False if is_borderline is None else _parse_bool(is_borderline, here, "borderline"),
+            borderline=_parse_bool(label("borderline") or False, here, "borderline"),
             response=label("response"), rejected=label("rejected"),
             method={lang: "original" for lang in text})
         _check_prompt_at(prompt, here)

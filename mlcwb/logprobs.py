@@ -1,4 +1,4 @@
-"""Log-probabilities of given continuations after a prompt.
+"""Log-probabilities of given continuations after a prompt, and the perplexity built on them.
 
 One forward pass scores a fixed answer, which is how the quickstart compares a refusal-style
 opening with a compliance-style one and how utility is measured as perplexity on reference
@@ -9,13 +9,18 @@ one function serves both.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from mlcwb.errors import ConfigError
+from mlcwb.errors import ConfigError, EvaluationError
 from mlcwb.models import encode_prompts
+
+if TYPE_CHECKING:
+    from mlcwb.data import Prompt, PromptSet
 
 
 def masked_token_logps(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,3 +72,29 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], contin
         sums, counts = masked_token_logps(logits[:, :-1], ids[:, 1:], answer[:, 1:])
         results += [(float(s), int(n)) for s, n in zip(sums, counts)]
     return results
+
+
+def perplexity(model: Any, tokenizer: Any, prompts: Sequence[str], references: Sequence[str],
+               batch_size: int = 8) -> float:
+    """Token-weighted perplexity of reference answers given their prompts (lower is better).
+
+    Utility is measured this way because it needs no judge and no sampling: if alignment damages
+    the model, it becomes less likely to produce good answers to ordinary questions.
+    """
+    pairs = [(p, r) for p, r in zip(prompts, references) if r]
+    if not pairs:
+        raise EvaluationError("No reference answers to score; utility needs benign prompts with "
+                              "a `response` (the corpus test split has them).")
+    scores = continuation_logprobs(model, tokenizer, [p for p, _ in pairs], [r for _, r in pairs],
+                                   batch_size=batch_size)
+    total_lp = sum(lp for lp, _ in scores)
+    total_n = sum(n for _, n in scores)
+    return float(math.exp(-total_lp / total_n))
+
+
+def utility(model: Any, tokenizer: Any, prompts: PromptSet | Sequence[Prompt],
+            limit: int | None = None) -> float:
+    """Perplexity on held-out benign reference answers (English) of a PromptSet."""
+    benign = [p for p in getattr(prompts, "prompts", prompts) if not p.harmful and p.response]
+    benign = benign[:limit] if limit else benign
+    return perplexity(model, tokenizer, [p.text["en"] for p in benign], [p.response for p in benign])

@@ -7,7 +7,7 @@ import torch
 
 from mlcwb.errors import ConfigError
 from mlcwb.models import encode_prompts
-from mlcwb.scoring import continuation_logprobs, masked_token_logps
+from mlcwb.logprobs import continuation_logprobs, masked_token_logps
 
 
 def test_masked_token_logps_sums_only_the_masked_targets():

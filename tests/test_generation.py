@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import mlcwb.evaluate as ev
-from mlcwb.evaluate import COLUMNS, generate, generate_texts, load_responses
+import mlcwb.generation as ev
+from mlcwb.generation import COLUMNS, generate, generate_texts, load_responses
 from mlcwb.io import read_jsonl
 
 PROMPTS = ["Hi", "How do I bake bread at home?", "Tell me a short story about a cat.",
@@ -135,7 +135,7 @@ def test_judged_rows_as_csv_carry_judge_name_and_version(tiny_llama, tmp_path):
     import pandas as pd
 
     from mlcwb.errors import DataError
-    from mlcwb.evaluate import JUDGED_COLUMNS, judged_csv_path, save_judged
+    from mlcwb.generation import JUDGED_COLUMNS, judged_csv_path, save_judged
     from mlcwb.judges import RefusalJudge, apply_judge
 
     model, tok = tiny_llama

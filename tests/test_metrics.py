@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import DataError
-from mlcwb.report import (LONG_COLUMNS, bar_figure, bootstrap_ci, heatmap_figure, holm_adjust,
-                          language_metrics, latex_escape, mcnemar_exact, metrics_long,
-                          paired_comparison, perplexity, rate_with_ci, safety_table, scatter_figure,
-                          to_html, to_latex, to_markdown, wilson_ci, with_interval,
-                          write_metrics_csv)
+from mlcwb.logprobs import perplexity
+from mlcwb.metrics import (bootstrap_ci, holm_adjust, language_metrics, mcnemar_exact, paired_comparison,
+                           rate_with_ci, wilson_ci)
+from mlcwb.safety_figures import bar_figure, heatmap_figure, scatter_figure
+from mlcwb.tables import (LONG_COLUMNS, latex_escape, metrics_long, safety_table, to_html, to_latex,
+                          to_markdown, with_interval, write_metrics_csv)
 
 Z = 1.959963984540054  # two-sided 95% normal quantile
 

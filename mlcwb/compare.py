@@ -1,0 +1,80 @@
+"""Notebook 05's steps: the test prompts, the models to compare, and one evaluation per model.
+
+Every method (the raw model and each arm notebook 04 trained) answers the same prompts with the
+same settings and is judged by the same judge, so the per-language metrics differ only by the
+model. Responses are appended to ``<out_dir>/<prefix><method>.jsonl`` as they come, so an
+interrupted comparison resumes where it stopped (``mlcwb.generation.generate``).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mlcwb.data import PromptSet
+from mlcwb.experiment import ARMS
+from mlcwb.generation import generate, judged_csv_path, save_judged
+from mlcwb.judges import Judge, apply_judge
+from mlcwb.logprobs import utility
+from mlcwb.metrics import language_metrics
+from mlcwb.models import load_model
+
+
+def comparison_prompts(corpus: PromptSet, langs: Sequence[str], n_harmful: int, n_benign: int) -> PromptSet:
+    """The first ``n_harmful`` harmful and ``n_benign`` benign prompts of the test split, in
+    ``langs``: the same prompts for every method, so paired tests can compare them."""
+    test = corpus.select(langs=langs, split="test")
+    ids = test.select(harmful=True).ids[:n_harmful] + test.select(harmful=False).ids[:n_benign]
+    return test.select(ids=ids)
+
+
+def trained_methods(run: Path, raw_model: str) -> dict[str, str]:
+    """``{"raw": raw_model, arm: checkpoint dir, ...}`` for every arm with a final checkpoint under
+    ``run/checkpoints/`` (what notebook 04 leaves), in the experiment's arm order."""
+    methods = {"raw": raw_model}
+    for arm in ARMS:
+        final = run / "checkpoints" / arm / "final"
+        if (final / "config.json").is_file():
+            methods[arm] = str(final)
+    return methods
+
+
+@dataclass
+class Comparison:
+    """What each method did: judged rows, per-language metrics and utility (perplexity)."""
+
+    judged: dict[str, pd.DataFrame] = field(default_factory=dict)
+    metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
+    utility: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_methods(methods: Mapping[str, str], prompts: PromptSet, langs: Sequence[str], judge: Judge,
+                     out_dir: Path, *, max_new_tokens: int, batch_size: int, n_boot: int,
+                     utility_set: PromptSet | None = None, utility_limit: int | None = None,
+                     device: str = "auto", prefix: str = "") -> Comparison:
+    """Generate, judge and measure every method in turn, one model in memory at a time.
+
+    Judged rows go beside the responses as ``<prefix><method>.<judge>.csv``; utility is measured
+    on ``utility_set``'s benign reference answers when one is given.
+    """
+    result = Comparison()
+    for name, source in methods.items():
+        model, tokenizer = load_model(source, device=device)
+        responses = out_dir / f"{prefix}{name}.jsonl"
+        frame = generate(model, tokenizer, prompts, langs, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, out_path=responses)
+        result.judged[name] = apply_judge(frame, judge)
+        save_judged(result.judged[name], judged_csv_path(responses, judge.name))
+        result.metrics[name] = language_metrics(result.judged[name], n_boot=n_boot)
+        if utility_set is not None:
+            result.utility[name] = utility(model, tokenizer, utility_set, limit=utility_limit)
+        del model
+        gc.collect()
+    return result
+
+
+__all__ = ["Comparison", "comparison_prompts", "evaluate_methods", "trained_methods"]

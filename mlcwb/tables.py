@@ -1,0 +1,203 @@
+"""The comparison's tables: the paper's layout (methods x languages + Avg + Var), Markdown,
+HTML and LaTeX renderings of it, and the long-format ``metrics.csv`` other tools read.
+
+Every cell is formatted by ``with_interval`` so that all of mlcwb's tables read alike.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlcwb.errors import DataError
+from mlcwb.io import atomic_path
+from mlcwb.metrics import METRICS
+
+# --------------------------------------------------------------------------------------------
+# Table in the paper's layout
+# --------------------------------------------------------------------------------------------
+
+def with_interval(value: Any, lo: Any = None, hi: Any = None, digits: int = 1) -> str:
+    """One table cell: ``value [lo, hi]`` (bounds to whole points), ``value`` without bounds,
+    "–" without a value. The one format of every table mlcwb prints, so they all read alike."""
+    if value is None or pd.isna(value):
+        return "–"
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{lo:.0f}, {hi:.0f}]"
+
+
+def safety_table(results: Mapping[str, pd.DataFrame], metric: str = "safety_rate",
+                 langs: Sequence[str] | None = None, intervals: bool = False,
+                 digits: int = 1) -> pd.DataFrame:
+    """Rows = methods, columns = languages + Avg + Var (the paper's layout), values in percent.
+
+    ``results`` maps a method name to its ``language_metrics`` frame. Var is the population
+    variance (ddof=0) of the per-language values, in squared percentage points. With
+    ``intervals=True`` each language cell is the text ``value [lo, hi]`` (the frame's 95%
+    interval, see ``with_interval``) and Avg and Var stay numbers, rounded to ``digits``: the
+    form for printed tables, where a rate without its interval overstates what 16 prompts show.
+    """
+    if not results:
+        raise DataError("No results to tabulate.")
+    if metric not in METRICS:
+        raise DataError(f"Unknown metric {metric!r}; choose from {', '.join(METRICS)}.")
+    first = next(iter(results.values()))
+    langs = list(langs) if langs else list(first.index)
+    rows = {}
+    for method, frame in results.items():
+        missing = [lang for lang in langs if lang not in frame.index]
+        if missing:
+            raise DataError(f"{method!r} has no results for {missing}; evaluate every method on "
+                            f"the same languages.")
+        values = frame.loc[langs, metric].astype(float)
+        cells: dict[str, Any] = values.to_dict()
+        if intervals:
+            bounds = [frame.loc[langs, f"{metric}_{b}"] if f"{metric}_{b}" in frame else
+                      pd.Series(None, index=langs, dtype=float) for b in ("lo", "hi")]
+            cells = {lang: with_interval(values[lang], bounds[0][lang], bounds[1][lang], digits)
+                     for lang in langs}
+        avg, var = float(values.mean()), float(values.var(ddof=0))
+        rows[method] = {**cells, "Avg": round(avg, digits) if intervals else avg,
+                        "Var": round(var, digits) if intervals else var}
+    table = pd.DataFrame(rows).T[[*langs, "Avg", "Var"]]
+    table.index.name = "method"
+    return table
+
+
+def _markdown_cell(value: Any, digits: int | None) -> str:
+    """One table cell: a missing number as a dash, floats rounded to ``digits`` unless ``None``."""
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return "–"
+    if digits is not None and isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame, digits: int | None = 1, caption: str | None = None) -> str:
+    """A GitHub Markdown table (no extra dependency): the index as first column, numbers right-aligned.
+
+    ``digits=None`` writes values as they are, for tables rounded per column beforehand (the run
+    report); rows are read with ``itertuples`` so an integer column stays integer.
+    """
+    head = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for name, *values in table.itertuples(name=None):
+        lines.append("| " + " | ".join([str(name), *(_markdown_cell(v, digits) for v in values)]) + " |")
+    return ((f"**{caption}**\n\n" if caption else "") + "\n".join(lines) + "\n")
+
+
+def to_html(table: pd.DataFrame, digits: int = 1, caption: str | None = None) -> str:
+    """A standalone HTML table (escaped), for reports and notebooks."""
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "", *table.columns])
+    body = []
+    for name, row in table.iterrows():
+        cells = "".join(f"<td>{v:.{digits}f}</td>" if isinstance(v, (float, np.floating))
+                        else f"<td>{html.escape(str(v))}</td>" for v in row)
+        body.append(f"<tr><th>{html.escape(str(name))}</th>{cells}</tr>")
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a LaTeX table: the ten special characters escaped."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: pd.DataFrame, digits: int = 1, caption: str | None = None,
+             label: str | None = None) -> str:
+    """A booktabs ``table`` environment (``\\usepackage{booktabs}``) for a paper.
+
+    Written out here rather than by ``DataFrame.to_latex`` so that method names, headers and the
+    caption are escaped alike and the output does not follow pandas' Styler from version to
+    version. Cells of ``safety_table(..., intervals=True)`` come out as ``value [lo, hi]``,
+    numbers with ``digits`` decimals, missing values as "--".
+    """
+    def cell(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "--" if math.isnan(v) else f"{v:.{digits}f}"
+        return "--" if v == "–" else latex_escape(v)
+
+    lines = ["\\begin{table}[t]", "\\centering"]
+    if caption:
+        lines.append(f"\\caption{{{latex_escape(caption)}}}")
+    if label:
+        lines.append(f"\\label{{{label}}}")
+    lines += [f"\\begin{{tabular}}{{l{'r' * len(table.columns)}}}", "\\toprule",
+              " & ".join(latex_escape(c) for c in [table.index.name or "", *table.columns]) + " \\\\",
+              "\\midrule"]
+    lines += [" & ".join([latex_escape(name), *(cell(v) for v in row)]) + " \\\\"
+              for name, row in table.iterrows()]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Long-format metrics for other tools
+# --------------------------------------------------------------------------------------------
+
+METRICS_CSV = "metrics.csv"
+LONG_COLUMNS = ["method", "lang", "metric", "value", "lo", "hi", "k", "n", "interval"]
+_RATE_GROUPS = {"safety_rate": "harmful", "over_refusal": "benign",
+                "borderline_over_refusal": "borderline"}
+
+
+def _metric_n(row: Mapping[str, Any], metric: str) -> Any:
+    """The number of responses behind one metric of one language (rates store it; the others
+    are derived from the group sizes ``language_metrics`` keeps)."""
+    if metric in _RATE_GROUPS:
+        return row.get(f"{metric}_n", row.get(f"n_{_RATE_GROUPS[metric]}"))
+    sizes = [row.get(k) for k in ("n_harmful", "n_benign", "n_borderline")]
+    if any(v is None or pd.isna(v) for v in sizes):
+        return None
+    n = sum(int(v) for v in sizes)
+    return n + int(row.get("unknown_verdicts") or 0) if metric == "lang_match" else n
+
+
+def metrics_long(metrics_by_method: Mapping[str, pd.DataFrame | Mapping[str, Mapping[str, Any]]]
+                 ) -> pd.DataFrame:
+    """One row per method × language × metric: value, 95% interval bounds, k, n and the kind
+    of interval, so any tool (R, a spreadsheet, another plot) can use the numbers without
+    knowing mlcwb's column names.
+
+    Takes ``language_metrics`` frames, or their JSON form ``{lang: {column: value}}`` as
+    ``metrics/05_safety.json`` stores them under ``methods``.
+    """
+    rows = []
+    for method, frame in metrics_by_method.items():
+        if not isinstance(frame, pd.DataFrame):
+            frame = pd.DataFrame.from_dict(dict(frame), orient="index")
+        for lang, values in frame.to_dict(orient="index").items():
+            for metric in METRICS:
+                if metric not in values:
+                    continue
+                has_ci = f"{metric}_lo" in values
+                rows.append({"method": method, "lang": lang, "metric": metric,
+                             "value": values[metric], "lo": values.get(f"{metric}_lo"),
+                             "hi": values.get(f"{metric}_hi"), "k": values.get(f"{metric}_k"),
+                             "n": _metric_n(values, metric),
+                             "interval": ("" if not has_ci else "bootstrap 95%"
+                                          if metric == "discrimination" else "wilson 95%")})
+    frame = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    return frame.astype({"k": "Int64", "n": "Int64"})
+
+
+def write_metrics_csv(run_dir: str | Path,
+                      metrics_by_method: Mapping[str, pd.DataFrame | Mapping[str, Mapping[str, Any]]]
+                      ) -> Path:
+    """Write ``metrics_long`` as ``run_dir/metrics.csv`` (atomically); returns its path."""
+    path = Path(run_dir) / METRICS_CSV
+    with atomic_path(path, suffix=".csv") as tmp:
+        metrics_long(metrics_by_method).to_csv(tmp, index=False)
+    return path
