@@ -23,7 +23,7 @@ from mlcwb.bench import Measurement, write_result
 
 RUNS = 5
 TARGET_S = 1.0
-STAGES = ("mlcwb.train", "mlcwb.evaluate", "mlcwb.extract", "mlcwb.translate", "mlcwb.reproduce")
+STAGES = ("mlcwb.train", "mlcwb.generation", "mlcwb.extract", "mlcwb.translate", "mlcwb.reproduce")
 
 
 def _command() -> tuple[list[str], str]:

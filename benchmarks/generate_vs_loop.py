@@ -1,4 +1,4 @@
-"""Batched generation (mlcwb.evaluate.generate) vs one prompt at a time, on the default model.
+"""Batched generation (mlcwb.generation.generate) vs one prompt at a time, on the default model.
 
 Measures responses per second for both with greedy decoding and 48 new tokens, and counts the
 prompts whose batched answer differs from the one-at-a-time answer (it should be none). The
@@ -14,7 +14,7 @@ import time
 import torch
 
 from mlcwb.bench import Measurement, write_result
-from mlcwb.evaluate import generate, generate_texts
+from mlcwb.generation import generate, generate_texts
 from mlcwb.models import load_model
 from mlcwb.paths import shared_data_dir
 
@@ -64,7 +64,7 @@ def main() -> None:
     path = write_result(
         "generate_vs_loop", "greedy responses per second, default model, CPU", "responses/s",
         baseline=("one prompt at a time (model.generate per prompt)", round(loop_rate, 4)),
-        candidate=(f"batched mlcwb.evaluate.generate (batch {args.batch_size}, left padding, "
+        candidate=(f"batched mlcwb.generation.generate (batch {args.batch_size}, left padding, "
                    f"KV cache)", round(batched_rate, 4)),
         target=4.0, measurement=measurement,
         extra={"prompts": len(texts), "prompt_source": source, "max_new_tokens": args.max_new_tokens,

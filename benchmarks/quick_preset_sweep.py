@@ -23,12 +23,12 @@ from pathlib import Path
 
 from mlcwb.bench import machine_info
 from mlcwb.data import load_corpus
-from mlcwb.evaluate import generate
+from mlcwb.generation import generate
 from mlcwb.io import atomic_write_json
 from mlcwb.judges import RefusalJudge, apply_judge
 from mlcwb.models import load_model
 from mlcwb.paths import repo_root
-from mlcwb.report import language_metrics
+from mlcwb.metrics import language_metrics
 from mlcwb.train import train
 from mlcwb.train_config import TrainConfig
 
