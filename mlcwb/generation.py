@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import pandas as pd
 import torch
@@ -24,6 +24,12 @@ from tqdm.auto import tqdm
 from mlcwb.errors import ConfigError, DataError, EvaluationError
 from mlcwb.io import append_jsonl, atomic_path, read_jsonl, write_jsonl
 from mlcwb.models import encode_prompts, model_fingerprint
+
+if TYPE_CHECKING:
+    from mlcwb.data import Prompt, PromptSet
+
+Prompts = Union[  # what generate() accepts; plain strings need no PromptSet
+    "PromptSet", Sequence["Prompt"], Sequence[str]]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ class Job:
     category: str
 
 
-def _jobs(prompts: Any, langs: Sequence[str] | None) -> list[Job]:
+def _jobs(prompts: Prompts, langs: Sequence[str] | None) -> list[Job]:
     """Flatten a PromptSet (or a list of Prompt objects, or plain strings) into jobs, language-major.
 
     Plain strings get ids ``p0000...`` and the single language ``langs[0]`` (default ``"und"``),
@@ -137,7 +143,7 @@ def _done_rows(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[t
             if r.get("model") == fingerprint and r.get("settings") == settings}
 
 
-def generate(model: Any, tokenizer: Any, prompts: Any, langs: Sequence[str] | None = None,
+def generate(model: Any, tokenizer: Any, prompts: Prompts, langs: Sequence[str] | None = None,
              max_new_tokens: int = 64, batch_size: int = 16, out_path: str | Path | None = None,
              do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
              seed: int = 0, chat_template: bool = True, progress: bool = True) -> pd.DataFrame:

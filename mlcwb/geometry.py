@@ -44,18 +44,20 @@ def _present(wanted: Sequence | None, available: Sequence, error: type[MLCWBErro
     return list(wanted)
 
 
-def _layers(reps: Representations, layers: Sequence[int] | None) -> list[int]:
+def checked_layers(reps: Representations, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` (all of ``reps``' when None), each checked to be present: a clear error, not a KeyError."""
     return _present(layers, reps.layers, ConfigError, "layers", "available hidden-state indices")
 
 
-def _langs(reps: Representations, langs: Sequence[str] | None) -> list[str]:
+def checked_languages(reps: Representations, langs: Sequence[str] | None) -> list[str]:
+    """``langs`` (all of ``reps``' when None), each checked to be present."""
     return _present(langs, reps.languages, LanguageError, "languages", "available")
 
 
 def states(reps: Representations, layer: int, langs: Sequence[str] | None = None) -> np.ndarray:
     """Hidden states of one layer as float64 ``(prompts, languages, hidden)`` in ``langs`` order."""
-    (layer,) = _layers(reps, [layer])
-    langs = _langs(reps, langs)
+    (layer,) = checked_layers(reps, [layer])
+    langs = checked_languages(reps, langs)
     x = np.asarray(reps.layer(layer), dtype=np.float64)
     return x[:, [reps.languages.index(lang) for lang in langs], :]
 
@@ -97,11 +99,11 @@ def collinearity(reps: Representations, layers: Sequence[int] | None = None,
     """
     from mlcwb.mlc import mlc_floor, mlc_loss
 
-    langs = _langs(reps, langs)
+    langs = checked_languages(reps, langs)
     if len(langs) < 2:
         raise ConfigError(f"collinearity compares languages; got only {langs}")
     rows = []
-    for layer in _layers(reps, layers):
+    for layer in checked_layers(reps, layers):
         z = torch.from_numpy(states(reps, layer, langs)).float()
         with torch.no_grad():
             if projection is not None:
@@ -120,8 +122,8 @@ def collinearity(reps: Representations, layers: Sequence[int] | None = None,
 
 def _pairs(reps: Representations, layers: Sequence[int] | None, langs: Sequence[str] | None):
     """Yield (layer, lang_a, lang_b, cosine matrix P×P) for every ordered pair of distinct languages."""
-    langs = _langs(reps, langs)
-    for layer in _layers(reps, layers):
+    langs = checked_languages(reps, langs)
+    for layer in checked_layers(reps, layers):
         x = unit(states(reps, layer, langs))
         for i, a in enumerate(langs):
             for j, b in enumerate(langs):
@@ -157,7 +159,7 @@ def cosine_to_english(reps: Representations, layers: Sequence[int] | None = None
     the alignment was trained on? These are ``similarity_margin``'s rows towards ``ref``, named
     for that question and labelled with the pooling, so two poolings stack into one table.
     """
-    _langs(reps, [ref])
+    checked_languages(reps, [ref])
     margin = similarity_margin(reps, layers)
     rows = margin[margin["lang_b"] == ref].reset_index(drop=True)
     return pd.DataFrame({"layer": rows["layer"], "language": rows["lang_a"], "pooling": reps.pooling,
@@ -200,14 +202,14 @@ def silhouette(reps: Representations, layers: Sequence[int] | None = None,
     from sklearn.metrics import silhouette_score
 
     _need_prompts(reps, 2, "silhouette")
-    langs = _langs(reps, langs)
+    langs = checked_languages(reps, langs)
     if len(langs) < 2:
         raise ConfigError(f"silhouette by language needs at least 2 languages; got {langs}")
     n_prompts = len(reps.prompt_ids)
     by_lang = np.tile(np.arange(len(langs)), n_prompts)
     by_prompt = np.repeat(np.arange(n_prompts), len(langs))
     rows = []
-    for layer in _layers(reps, layers):
+    for layer in checked_layers(reps, layers):
         x = unit(states(reps, layer, langs)).reshape(n_prompts * len(langs), -1)
         rows.append({"layer": layer,
                      "by_language": float(silhouette_score(x, by_lang, metric="cosine")),
@@ -249,13 +251,13 @@ def probe_transfer(reps: Representations, train_lang: str = "en",
         log.info("probe_transfer: only %d prompts in the smaller class; using %d folds", smaller,
                  smaller)
     folds = StratifiedKFold(n_splits=min(n_splits, smaller), shuffle=True, random_state=seed)
-    langs = _langs(reps, langs)
+    langs = checked_languages(reps, langs)
     if train_lang not in reps.languages:
         raise LanguageError(f"train_lang {train_lang!r} is not in these representations; "
                             f"available: {list(reps.languages)}")
     order = [train_lang, *[lang for lang in langs if lang != train_lang]]
     rows = []
-    for layer in _layers(reps, layers):
+    for layer in checked_layers(reps, layers):
         x = states(reps, layer, order)
         scores = np.zeros((len(y), len(order)))
         for train, test in folds.split(np.zeros(len(y)), y):

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +47,15 @@ from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
 from mlcwb.extract import (computed_positions, encode_with_content, pool_hidden, position_ids,
                            prompt_states, shared_prefix)
 from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from mlcwb.logprobs import masked_token_logps
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
-from mlcwb.logprobs import masked_token_logps
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, is_encoder_decoder
 from mlcwb.train_config import REFUSAL, TrainConfig
+
+if TYPE_CHECKING:
+    from mlcwb.data import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def load_prompts(config: TrainConfig) -> Any:
     return PromptSet.load(path)
 
 
-def prepare_data(config: TrainConfig, prompts: Any, tokenizer: Any) -> TrainData:
+def prepare_data(config: TrainConfig, prompts: PromptSet, tokenizer: Any) -> TrainData:
     """Alignment examples (English targets) and MLC prompt groups from a PromptSet.
 
     DPO pairs: chosen = ``response``, rejected = ``rejected`` for harmful prompts; benign prompts
@@ -123,7 +126,7 @@ def prepare_data(config: TrainConfig, prompts: Any, tokenizer: Any) -> TrainData
     return TrainData(examples, mlc_texts, mlc_langs, skipped)
 
 
-def _align_examples(config: TrainConfig, prompts: Any,
+def _align_examples(config: TrainConfig, prompts: PromptSet,
                     tokenizer: Any) -> tuple[list[AlignExample], dict[str, int]]:
     if config.align == "none":
         return [], {}
@@ -657,7 +660,8 @@ class _Step:
     positions: int
 
 
-def train(config: TrainConfig, model: Any = None, tokenizer: Any = None, prompts: Any = None) -> TrainResult:
+def train(config: TrainConfig, model: Any = None, tokenizer: Any = None,
+          prompts: PromptSet | None = None) -> TrainResult:
     """Run (or resume) one training run as ``config`` says; returns the trained model.
 
     ``model``/``tokenizer``/``prompts`` override ``config.model``/``config.data`` (a notebook passes

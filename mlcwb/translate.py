@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 import torch
@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 from mlcwb.errors import CacheError, ConfigError, DataError, TranslationError
 from mlcwb.io import atomic_write_text
 from mlcwb.languages import LANGUAGES, get_language, language_codes
+
+if TYPE_CHECKING:
+    from mlcwb.data import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class CorpusTranslator:
     parameter. A text the set does not hold is an error, not a silent gap.
     """
 
-    def __init__(self, prompts: Any, name: str | None = None):
+    def __init__(self, prompts: PromptSet, name: str | None = None):
         self.prompts = prompts
         self.name = name or f"corpus:{prompts.name}"
         self._table: dict[tuple[str, str], dict[str, str]] = {}
@@ -423,7 +426,7 @@ class CachedTranslator:
 # Prompt sets
 
 
-def translate_rows(prompts: Any, translator: Translator, langs: str | Sequence[str], src: str = "en",
+def translate_rows(prompts: PromptSet, translator: Translator, langs: str | Sequence[str], src: str = "en",
                    cache: TranslationCache | str | Path | None = None, chunk_size: int = 32,
                    progress: bool = True) -> pd.DataFrame:
     """Translate every prompt's ``src`` text into each of ``langs``, one row per (prompt, language).
@@ -449,7 +452,7 @@ def translate_rows(prompts: Any, translator: Translator, langs: str | Sequence[s
     return pd.DataFrame(rows, columns=["id", "src", "tgt", "source", "translation", "method"])
 
 
-def fill_from_rows(prompts: Any, rows: pd.DataFrame) -> Any:
+def fill_from_rows(prompts: PromptSet, rows: pd.DataFrame) -> PromptSet:
     """A PromptSet with each row's translation filled in (``method`` recorded per cell).
 
     Empty outputs cannot live in a PromptSet; they are an error that names them, so look at the
@@ -471,7 +474,7 @@ def fill_from_rows(prompts: Any, rows: pd.DataFrame) -> Any:
     return out
 
 
-def translate_promptset(prompts: Any, translator: Translator, langs: str | Sequence[str], src: str = "en",
+def translate_promptset(prompts: PromptSet, translator: Translator, langs: str | Sequence[str], src: str = "en",
                         cache: TranslationCache | str | Path | None = None, overwrite: bool = False,
                         progress: bool = True) -> Any:
     """Fill languages missing from ``prompts`` (all of ``langs`` with ``overwrite``) with ``translator``.

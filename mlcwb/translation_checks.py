@@ -33,6 +33,7 @@ from mlcwb.errors import ConfigError
 from mlcwb.languages import LANGUAGES, get_language
 
 if TYPE_CHECKING:
+    from mlcwb.data import PromptSet
     from mlcwb.translate import Translator
 
 # Registry code -> detector labels that count as that language. Close varieties the detector splits
@@ -112,7 +113,7 @@ class LengthModel:
     min_scale: float = 0.1  # a very consistent pair must not make every small deviation an outlier
 
     @classmethod
-    def fit(cls, prompts: Any, src: str = "en") -> LengthModel:
+    def fit(cls, prompts: PromptSet, src: str = "en") -> LengthModel:
         """Calibrate on a PromptSet's own translations from ``src`` to each of its languages."""
         stats = {}
         sources = prompts.texts(src)

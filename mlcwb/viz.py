@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mlcwb.errors import ConfigError
-from mlcwb.geometry import _langs, _layers, states, unit
+from mlcwb.geometry import checked_languages, checked_layers, states, unit
 from mlcwb.io import atomic_path, atomic_write_text
 from mlcwb.notebooks import use_numba_cache
 
@@ -91,7 +91,7 @@ def project(reps: Reps, layer: int, method: str = "pca", langs: Sequence[str] | 
     """
     frames, blocks = [], []
     for name, r in _as_mapping(reps).items():
-        use = _langs(r, langs)
+        use = checked_languages(r, langs)
         x = unit(states(r, layer, use))
         n_prompts = len(r.prompt_ids)
         blocks.append(x.reshape(n_prompts * len(use), -1))
@@ -203,7 +203,7 @@ def layer_figure(reps: Reps, layers: Sequence[int] | None = None, method: str = 
     figure stays explorable in exported HTML and papermill outputs."""
     mapping = _as_mapping(reps)
     first = next(iter(mapping.values()))
-    layers = _layers(first, layers)
+    layers = checked_layers(first, layers)
     all_points = [project(mapping, layer, method, langs, seed=seed) for layer in layers]
     fig = scatter_figure(all_points[-1], highlight)
     models = list(mapping)
@@ -274,7 +274,7 @@ def explorer(reps: Reps, layers: Sequence[int] | None = None, method: str = "pca
         raise ConfigError(f"unknown projection method {method!r}; choose one of {METHODS}")
     mapping = _as_mapping(reps)
     first = next(iter(mapping.values()))
-    layers = _layers(first, layers)
+    layers = checked_layers(first, layers)
     if not _figure_widget_available():
         log.warning("plotly FigureWidget needs the 'anywidget' package; showing the static "
                     "layer figure instead (pip install anywidget for the live explorer)")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlcwb.data.promptset import (SPLITS, Prompt, PromptSet, _check_prompt_at, _check_unique,
-                                  _read_jsonl_numbered)
+from mlcwb.data.promptset import (SPLITS, Prompt, PromptSet, check_prompt_at, check_unique_ids,
+                                  read_jsonl_numbered)
 from mlcwb.errors import ConfigError, DataError, LanguageError
 from mlcwb.io import write_jsonl
 from mlcwb.languages import LANGUAGES, get_language, language_codes
@@ -54,7 +54,7 @@ def _corpus_prompt(where: str, row: dict, require_split: bool) -> Prompt:
                     split=row.get("split", "train"), source=CORPUS_SOURCE, borderline=row["borderline"],
                     response=row["response"], rejected=row.get("rejected"), method={"en": "original"},
                     pair=row.get("pair"))
-    _check_prompt_at(prompt, where)
+    check_prompt_at(prompt, where)
     if prompt.response is None:
         raise DataError(f"{where}: field 'response': every corpus prompt needs an English response")
     if prompt.harmful != (prompt.rejected is not None):
@@ -79,7 +79,7 @@ def _check_pairs(prompts: Sequence[Prompt], where: Sequence[str]) -> None:
 
 def _read_corpus_file(path: Path, require_split: bool) -> tuple[list[Prompt], list[str]]:
     prompts, where = [], []
-    for here, row in _read_jsonl_numbered(path):
+    for here, row in read_jsonl_numbered(path):
         prompts.append(_corpus_prompt(here, row, require_split))
         where.append(here)
     return prompts, where
@@ -92,7 +92,7 @@ def load_corpus_parts(paths: Sequence[str | Path]) -> PromptSet:
         p, w = _read_corpus_file(Path(path), require_split=False)
         prompts += p
         where += w
-    _check_unique(prompts, "corpus parts", where)
+    check_unique_ids(prompts, "corpus parts", where)
     _check_pairs(prompts, where)
     return PromptSet(prompts, "mlcwb-corpus")
 
@@ -128,7 +128,7 @@ def _read_translations(path: Path, ids: dict[str, int]) -> tuple[dict[str, str],
     texts: dict[str, str] = {}
     methods: dict[str, str] = {}
     first: dict[str, str] = {}
-    for where, row in _read_jsonl_numbered(path):
+    for where, row in read_jsonl_numbered(path):
         unknown = sorted(set(row) - {"id", "text", "method"})
         if unknown:
             raise DataError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
@@ -166,7 +166,7 @@ def load_corpus(langs: str | Sequence[str] | None = None, directory: str | Path 
         raise DataError(f"{path} not found; build it from data/corpus/parts with "
                         "`python tools/build_corpus.py`")
     prompts, where = _read_corpus_file(path, require_split=True)
-    _check_unique(prompts, path, where)
+    check_unique_ids(prompts, path, where)
     _check_pairs(prompts, where)
     files = corpus_translation_files(root)
     wanted = ["en", *files] if langs is None else language_codes(langs)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlcwb.data.promptset import (Prompt, PromptSet, _check_prompt_at, _check_unique, _missing,
-                                  _read_jsonl_numbered)
+from mlcwb.data.promptset import (Prompt, PromptSet, check_prompt_at, check_unique_ids, is_missing,
+                                  read_jsonl_numbered)
 from mlcwb.errors import DataError, LanguageError
 from mlcwb.languages import LANGUAGES, get_language
 from mlcwb.paths import shared_data_dir
@@ -106,7 +106,7 @@ def load_multijail(path_or_id: str | Path | None = None) -> PromptSet:
                               category=tags[0], split="test", source=f"multijail/{row['source']}",
                               method={lang: "original" if lang == "en" else "human" for lang in langs}))
         where.append(here)
-    _check_unique(prompts, path, where)
+    check_unique_ids(prompts, path, where)
     return PromptSet(prompts, "multijail")
 
 
@@ -121,7 +121,7 @@ def _read_records(path: str | Path) -> tuple[Path, list[tuple[str, dict]]]:
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return path, list(_read_jsonl_numbered(path))
+        return path, list(read_jsonl_numbered(path))
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -191,7 +191,7 @@ def _pku(path: str | Path, kind: str, harmful: bool, category: str) -> PromptSet
                               category=category, source=f"pku-saferlhf/{path.name}", response=response,
                               rejected=rejected, method=method))
         where.append(here)
-    _check_unique(prompts, path, where)
+    check_unique_ids(prompts, path, where)
     return PromptSet(prompts, path.stem)
 
 
@@ -244,7 +244,7 @@ def _row_text(row: dict[str, Any], text_columns: dict[str, str], here: str) -> d
     text = {}
     for lang, column in text_columns.items():
         value = row.get(column)
-        if _missing(value) or not str(value).strip():
+        if is_missing(value) or not str(value).strip():
             raise DataError(f"{here}: field {column!r}: empty text")
         text[lang] = str(value)
     return text
@@ -294,7 +294,7 @@ def load_table(path: str | Path, text_columns: dict[str, str] | None = None,
         def label(field_name: str) -> Any:
             column = label_cols[field_name]
             value = row.get(column) if column else None
-            return None if _missing(value) or value == "" else value
+            return None if is_missing(value) or value == "" else value
 
         is_harmful = (harmful if isinstance(harmful, bool)
                       else _parse_bool(row.get(harmful_col), here, harmful_col))
@@ -305,8 +305,8 @@ def load_table(path: str | Path, text_columns: dict[str, str] | None = None,
             borderline=_parse_bool(label("borderline") or False, here, "borderline"),
             response=label("response"), rejected=label("rejected"),
             method={lang: "original" for lang in text})
-        _check_prompt_at(prompt, here)
+        check_prompt_at(prompt, here)
         prompts.append(prompt)
         where.append(here)
-    _check_unique(prompts, path, where)
+    check_unique_ids(prompts, path, where)
     return PromptSet(prompts, name or path.stem)

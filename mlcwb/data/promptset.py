@@ -85,7 +85,7 @@ def _check_prompt(p: Prompt) -> None:
             raise DataError(f"field {name!r} must be a non-empty string or null, got {value!r}")
 
 
-def _check_prompt_at(p: Prompt, where: str) -> None:
+def check_prompt_at(p: Prompt, where: str) -> None:
     """``_check_prompt`` with ``where`` (file and line, set name) prefixed to its message."""
     try:
         _check_prompt(p)
@@ -107,7 +107,7 @@ class PromptSet:
         self.prompts: list[Prompt] = list(prompts)
         seen: set[str] = set()
         for p in self.prompts:
-            _check_prompt_at(p, f"{name}: prompt {p.id!r}")
+            check_prompt_at(p, f"{name}: prompt {p.id!r}")
             if p.id in seen:
                 raise DataError(f"{name}: duplicate prompt id {p.id!r}; ids must be unique")
             seen.add(p.id)
@@ -249,7 +249,7 @@ class PromptSet:
             if column not in row.index:
                 return default
             v = row[column]
-            return default if _missing(v) else (v.item() if isinstance(v, np.generic) else v)
+            return default if is_missing(v) else (v.item() if isinstance(v, np.generic) else v)
 
         prompts = []
         for _, row in df.iterrows():
@@ -273,7 +273,7 @@ class PromptSet:
         path = Path(path)
         fields = {f.name for f in dataclasses.fields(Prompt)}
         prompts = []
-        for where, row in _read_jsonl_numbered(path):
+        for where, row in read_jsonl_numbered(path):
             unknown = sorted(set(row) - fields)
             if unknown:
                 raise DataError(f"{where}: unknown field(s) {', '.join(unknown)}")
@@ -281,9 +281,9 @@ class PromptSet:
                 prompt = Prompt(**row)
             except TypeError as exc:
                 raise DataError(f"{where}: {exc}") from None
-            _check_prompt_at(prompt, where)
+            check_prompt_at(prompt, where)
             prompts.append(prompt)
-        _check_unique(prompts, path)
+        check_unique_ids(prompts, path)
         return cls(prompts, name or path.stem)
 
     def assign_splits(self, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
@@ -366,11 +366,13 @@ def _largest_remainder(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """An empty cell as any reader gives it: None, NaN or pandas' NA (an empty string is text)."""
     return v is None or (not isinstance(v, (str, list, dict)) and bool(pd.isna(v)))
 
 
-def _check_unique(prompts: Sequence[Prompt], path: Path | str, where: Sequence[str] | None = None) -> None:
+def check_unique_ids(prompts: Sequence[Prompt], path: Path | str, where: Sequence[str] | None = None) -> None:
+    """Every id once: a DataError names the duplicated id and both places (``where``: one per prompt)."""
     first: dict[str, int] = {}
     for i, p in enumerate(prompts):
         if p.id in first:
@@ -380,7 +382,7 @@ def _check_unique(prompts: Sequence[Prompt], path: Path | str, where: Sequence[s
         first[p.id] = i
 
 
-def _read_jsonl_numbered(path: Path) -> Iterator[tuple[str, dict]]:
+def read_jsonl_numbered(path: Path) -> Iterator[tuple[str, dict]]:
     """(``"file:line"``, object) for each non-blank line: error messages can point at the line."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
