@@ -28,6 +28,7 @@ _ENTRY_POINTS = {
     "arm_configs": "mlcwb.experiment",
     "train_arms": "mlcwb.experiment",
     "generate": "mlcwb.generation",
+    "evaluate_methods": "mlcwb.compare",
     "make_judge": "mlcwb.judges",
     "apply_judge": "mlcwb.judges",
     "language_metrics": "mlcwb.metrics",
