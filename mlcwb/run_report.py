@@ -247,7 +247,7 @@ def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.
     the paired comparisons, utility, the judge, and the sizes (from the judged rows).
 
     ``metrics`` and ``judged`` map a method name (``raw``, ``align``, ``mlc``, ...) to its
-    ``report.language_metrics`` frame and its ``judges.apply_judge`` rows; ``unseen`` are the
+    ``metrics.language_metrics`` frame and its ``judges.apply_judge`` rows; ``unseen`` are the
     languages MLC did not train on, ``openings`` the ``collapse.opening_diversity`` frame per
     method, ``multijail`` the MultiJail ``language_metrics`` per method.
     """
@@ -378,25 +378,29 @@ def reading(safety: dict[str, Any] | None, training: dict[str, Any] | None) -> l
                    + ("beyond noise: it tells them apart)." if tells else
                       "within noise: it refuses without telling harmful from benign, so there is "
                       "little safety behaviour for MLC to carry to other languages)."))
-    for method in ("mlc", "mlc_seq"):
-        comparison = safety.get("paired", {}).get(f"align->{method}")
-        if not comparison:
-            continue
+    return out + _change_sentences(safety.get("paired", {}))
+
+
+def _change_sentences(paired: dict[str, Any]) -> list[str]:
+    """Each MLC arm against what it is compared with: joint and sequential MLC against
+    English-only alignment, MLC alone against the raw model it started from."""
+    out = []
+    for base, method in (("align", "mlc"), ("align", "mlc_seq"), ("raw", "mlc_only")):
+        comparison = paired.get(f"{base}->{method}")
         for kind, noun in (("harmful", "safety"), ("benign", "over-refusal")):
-            per_lang = comparison.get(kind, {})
+            per_lang = (comparison or {}).get(kind, {})
             if not per_lang:
                 continue
             changes = ", ".join(f"{lang} {c['change']:+.0f}" for lang, c in per_lang.items())
-            verdict = _noise_verdict(per_lang)
-            out.append(f"{METHOD_LABELS[method]} vs English-only alignment, refusal change on "
-                       f"{kind} prompts ({noun}), in points: {changes}; {verdict}.")
+            out.append(f"{METHOD_LABELS[method]} vs {METHOD_LABELS[base]}, refusal change on "
+                       f"{kind} prompts ({noun}), in points: {changes}; {_noise_verdict(per_lang)}.")
     return out
 
 
 def holm_by_language(per_lang: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Holm-adjusted McNemar p-value per language of one comparison (method pair, prompt kind).
 
-    Uses the ``p_holm`` that ``report.paired_comparison`` stored; results written before it
+    Uses the ``p_holm`` that ``metrics.paired_comparison`` stored; results written before it
     existed only have ``p_value``, which is then adjusted here over the same family.
     """
     langs = list(per_lang)

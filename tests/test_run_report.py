@@ -83,6 +83,16 @@ def test_reading_recomputes_holm_for_results_stored_without_it():
     assert "within noise in every language" in line and "across the 1 language)" in line
 
 
+def test_reading_compares_mlc_alone_with_the_raw_model_it_started_from():
+    safety = _with_paired({}, {})
+    safety["paired"] = {"raw->mlc_only": {"harmful": _paired({"en": 0.5, "zh": 0.001}), "benign": {}},
+                        "raw->align": {"harmful": _paired({"en": 0.001}), "benign": {}}}
+    lines = [t for t in reading(safety, None) if "refusal change" in t]
+    assert len(lines) == 1  # raw -> align is a table row, not a sentence about MLC
+    assert lines[0].startswith("MLC only (no alignment) vs raw model, refusal change on harmful prompts")
+    assert "beyond noise in zh" in lines[0] and "en (" not in lines[0]
+
+
 def test_safety_section_prints_wilson_intervals(tmp_path):
     (tmp_path / "metrics").mkdir()
     row = {"safety_rate": 100.0, "safety_rate_lo": 80.64, "safety_rate_hi": 100.0}
