@@ -109,8 +109,10 @@ PRESETS: dict[str, Preset] = {
                                 "mlc_only": True, "mlc_only_lr": 1e-6, "variant": "official",
                                 "schedules": ["joint", "sequential"], "heldout_prompts": 48,
                                 "save_every": 4},
-            # batch 64: 1.58 answers/s against 1.04 at 16 (Qwen, 2 cores, 32 new tokens)
-            "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
+            # Half the test split (24 + 24 per language) fits one sitting; 48 + 48 (a --config
+            # override) reuses these answers and adds ~45 min. Batch 64: 1.58 answers/s against
+            # 1.04 at 16 (Qwen, 2 cores, 32 new tokens).
+            "05_safety_comparison": {"n_harmful": 24, "n_benign": 24, "max_new_tokens": 32,
                                      "multijail_prompts": 24, "batch_size": 64},
         },
         sweep="benchmarks/results/transfer_sweep.json",

@@ -25,6 +25,8 @@ def test_committed_notebook_is_clean_and_parameterised(path):
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
     assert "run_dir" in tagged[0].source, f"{path.name}: the parameters cell must define run_dir"
     assert nb.cells[0].cell_type == "markdown", f"{path.name}: should open with a Markdown story"
+    ids = [c.get("id") for c in nb.cells]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: every cell needs its own id"
 
 
 @pytest.mark.slow
