@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nbformat
 import pytest
 
@@ -25,7 +27,8 @@ def test_committed_notebook_is_clean_and_parameterised(path):
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
     assert "run_dir" in tagged[0].source, f"{path.name}: the parameters cell must define run_dir"
     assert nb.cells[0].cell_type == "markdown", f"{path.name}: should open with a Markdown story"
-    ids = [c.get("id") for c in nb.cells]
+    # read as committed: nbformat.read invents the ids a cell lacks
+    ids = [c.get("id") for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
     assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: every cell needs its own id"
 
 
