@@ -400,30 +400,40 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, accelerator: Any, module: TrainModule, tokenizer: Any,
                     training_state: dict[str, Any] | None) -> Path:
     """Model (save_pretrained) + extractor.safetensors (+ training_state.pt), atomically."""
-    from safetensors.torch import save_file
-
     state_dict = accelerator.get_state_dict(module)  # gathers FSDP/DeepSpeed shards
     if accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(".*.tmp-*"):  # what a killed run was writing
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped = accelerator.unwrap_model(module)
-        model_sd = {k[6:]: v for k, v in state_dict.items() if k.startswith("model.")}
-        if hasattr(unwrapped.model, "peft_config"):
-            unwrapped.model.save_pretrained(tmp)  # the adapter
-        else:
-            unwrapped.model.save_pretrained(tmp, state_dict=model_sd)
-        tokenizer.save_pretrained(tmp)
-        ext = unwrapped.extractor
-        ext_sd = {k[10:]: v.detach().cpu().contiguous() for k, v in state_dict.items()
-                  if k.startswith("extractor.")}
-        save_file(ext_sd, tmp / "extractor.safetensors",
-                  metadata={"kind": ext.kind, "hidden_size": str(ext.hidden_size), "dim": str(ext.dim)})
-        if training_state is not None:
-            torch.save(training_state, tmp / "training_state.pt")
+        try:
+            _write_checkpoint(tmp, accelerator.unwrap_model(module), tokenizer, state_dict, training_state)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not leave half a checkpoint
+            raise
         _replace_dir(tmp, path)
     accelerator.wait_for_everyone()
     return path
+
+
+def _write_checkpoint(tmp: Path, unwrapped: Any, tokenizer: Any, state_dict: dict[str, Tensor],
+                      training_state: dict[str, Any] | None) -> None:
+    from safetensors.torch import save_file
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    model_sd = {k[6:]: v for k, v in state_dict.items() if k.startswith("model.")}
+    if hasattr(unwrapped.model, "peft_config"):
+        unwrapped.model.save_pretrained(tmp)  # the adapter
+    else:
+        unwrapped.model.save_pretrained(tmp, state_dict=model_sd)
+    tokenizer.save_pretrained(tmp)
+    ext = unwrapped.extractor
+    ext_sd = {k[10:]: v.detach().cpu().contiguous() for k, v in state_dict.items()
+              if k.startswith("extractor.")}
+    save_file(ext_sd, tmp / "extractor.safetensors",
+              metadata={"kind": ext.kind, "hidden_size": str(ext.hidden_size), "dim": str(ext.dim)})
+    if training_state is not None:
+        torch.save(training_state, tmp / "training_state.pt")
 
 
 def load_extractor(path: str | Path) -> Extractor:

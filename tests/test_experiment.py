@@ -13,6 +13,7 @@ from mlcwb.errors import ConfigError
 from mlcwb.experiment import ARMS, arm_configs, train_arm, train_arms
 from mlcwb.io import read_jsonl, write_jsonl
 from mlcwb.mlc import MLCConfig
+from mlcwb.train import train
 from tests.test_train import tiny_config, tiny_prompts
 
 
@@ -35,9 +36,12 @@ def test_arms_differ_only_in_their_objective(tmp_path):
 
 @pytest.mark.slow
 def test_rerun_reuses_finished_arms_and_restarts_changed_ones(tmp_path):
-    base = tiny_config(tmp_path, align="sft", max_steps=2)
+    base = tiny_config(tmp_path, align="sft", max_steps=2, save_every=1)
     configs = arm_configs(base, MLCConfig(batch_size=2, extractor_dim=16), ["align", "mlc_only"])
     first = train_arms(configs, tiny_prompts())
+    for arm in first.values():  # a finished arm keeps final/, not its resume points
+        assert sorted(p.name for p in arm.final_dir.parent.iterdir()) == [
+            "config.yaml", "final", "log.jsonl", "summary.json"]
     stamp = (first["align"].final_dir / "model.safetensors").stat().st_mtime_ns
     again = train_arms(configs, tiny_prompts())
     assert again["align"].reused and again["mlc_only"].reused
@@ -56,7 +60,7 @@ def test_interrupted_arm_resumes_to_the_weights_of_an_unbroken_run(tmp_path):
     broken = arm_configs(tiny_config(tmp_path / "a", align="sft", save_every=1, keep_checkpoints=4,
                                      max_steps=4), mlc, ["mlc"])["mlc"]
     unbroken = arm_configs(tiny_config(tmp_path / "b", align="sft", max_steps=4), mlc, ["mlc"])["mlc"]
-    train_arm("mlc", broken, tiny_prompts())
+    train(broken, prompts=tiny_prompts())  # as train_arm runs it, minus the end (a killed run)
     out = Path(broken.output_dir)
     for step_dir in sorted((out / "steps").iterdir())[2:]:
         shutil.rmtree(step_dir)

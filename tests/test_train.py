@@ -440,6 +440,29 @@ def test_every_preference_loss_trains_and_only_reference_losses_compute_a_refere
     assert ("nll" in result.log[0]) == (pref_loss == "orpo")
 
 
+def test_a_failed_checkpoint_write_leaves_nothing_and_a_killed_ones_leftovers_go(tmp_path, monkeypatch):
+    """A full disk mid-save leaves no half checkpoint; what a killed run was writing is removed
+    by the next save."""
+    import mlcwb.train as train_module
+
+    config = tiny_config(tmp_path, max_steps=2, save_every=1)
+    steps = Path(config.output_dir) / "steps"
+    leftover = steps / ".step-00000001.tmp-999999"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+    real_write = train_module._write_checkpoint
+
+    def full_disk(tmp, *args, **kwargs):
+        real_write(tmp, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_module, "_write_checkpoint", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(config, prompts=tiny_prompts())
+    assert list(steps.iterdir()) == [], "the killed run's leftover and the failed write are both gone"
+    assert latest_checkpoint(config.output_dir) is None
+
+
 @pytest.mark.slow
 def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
     config = tiny_config(tmp_path, max_steps=2, save_every=1)
