@@ -95,8 +95,8 @@ PRESETS: dict[str, Preset] = {
         description="the experiment that can answer the question: Qwen2.5-Coder-0.5B-Instruct "
                     "(refuses harmful requests in English far more than elsewhere), English-only "
                     "alignment vs + MLC joint, sequential and MLC alone; MLC on en zh ru ja ar, the "
-                    "other six corpus languages unseen; the whole test split and MultiJail "
-                    "(about three hours on 2 CPU cores, mostly generation)",
+                    "other six corpus languages unseen; 24 + 24 test prompts per language and "
+                    "MultiJail (about 2 h 10 min on 2 CPU cores)",
         common={"model_name": "qwen2.5-coder-0.5b-instruct", "languages": TRANSFER_LANGUAGES,
                 "device": "auto"},
         notebooks={
