@@ -96,7 +96,7 @@ PRESETS: dict[str, Preset] = {
                     "(refuses harmful requests in English far more than elsewhere), English-only "
                     "alignment vs + MLC joint, sequential and MLC alone; MLC on en zh ru ja ar, the "
                     "other six corpus languages unseen; 24 + 24 test prompts per language and "
-                    "MultiJail (about 2 h 10 min on 2 CPU cores)",
+                    "MultiJail (about 2 h 20 min on 2 CPU cores)",
         common={"model_name": "qwen2.5-coder-0.5b-instruct", "languages": TRANSFER_LANGUAGES,
                 "device": "auto"},
         notebooks={
