@@ -12,6 +12,7 @@ import pandas as pd
 from mlcwb.errors import DataError
 from mlcwb.metrics import METRICS
 
+
 def bar_figure(results: Mapping[str, pd.DataFrame], metric: str = "safety_rate") -> Any:
     """Grouped bars per language, one colour per method, with the frame's 95% intervals.
 

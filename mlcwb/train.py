@@ -420,7 +420,6 @@ def _write_checkpoint(tmp: Path, unwrapped: Any, tokenizer: Any, state_dict: dic
                       training_state: dict[str, Any] | None) -> None:
     from safetensors.torch import save_file
 
-    shutil.rmtree(tmp, ignore_errors=True)
     model_sd = {k[6:]: v for k, v in state_dict.items() if k.startswith("model.")}
     if hasattr(unwrapped.model, "peft_config"):
         unwrapped.model.save_pretrained(tmp)  # the adapter

@@ -476,7 +476,7 @@ def fill_from_rows(prompts: PromptSet, rows: pd.DataFrame) -> PromptSet:
 
 def translate_promptset(prompts: PromptSet, translator: Translator, langs: str | Sequence[str], src: str = "en",
                         cache: TranslationCache | str | Path | None = None, overwrite: bool = False,
-                        progress: bool = True) -> Any:
+                        progress: bool = True) -> PromptSet:
     """Fill languages missing from ``prompts`` (all of ``langs`` with ``overwrite``) with ``translator``.
 
     Only prompts lacking a language are translated; the method per cell is the translator's name.
