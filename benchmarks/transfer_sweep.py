@@ -22,6 +22,11 @@ as working where the mean discrimination of the other languages rises while Engl
 discrimination falls by at most 10 points and no language is flagged collapsed (the most common
 answer opening covers more than 60% of its answers, ``mlcwb.collapse``).
 
+The paper's own setting in miniature (English DPO at its lr 6e-7 with the official MLC term
+beside it, ``aux_every`` 2) is compared with the same DPO without MLC by the same rule as the
+MLC-only variants, with that DPO twin in place of the raw model: does the official form work
+where the paper runs it, with a small lr and the preference loss beside it?
+
 Results go to ``benchmarks/results/transfer_sweep.json`` one candidate at a time (a stopped sweep
 resumes with the candidates it has not recorded), and ``mlcwb.reproduce`` cites that file as the
 reason for the preset's settings.
@@ -64,6 +69,9 @@ CANDIDATES: dict[str, dict] = {
     "dpo-full-64-2e-6": {"align": "dpo", "max_prompts": 64, "lr": 2e-6},
     "sft-lora-64-2e-4": {"align": "sft", "max_prompts": 64, "lr": 2e-4, "lora": {}},
     "dpo-lora-64-5e-5": {"align": "dpo", "max_prompts": 64, "lr": 5e-5, "lora": {}},
+    "dpo-full-64-6e-7": {"align": "dpo", "max_prompts": 64, "lr": 6e-7},
+    "dpo-full-64-6e-7+mlc-official": {"align": "dpo", "max_prompts": 64, "lr": 6e-7,
+                                      "mlc": {"variant": "official", "aux_every": 2}},
 }
 
 

@@ -49,17 +49,20 @@ class Comparison:
 
     judged: dict[str, pd.DataFrame] = field(default_factory=dict)
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
-    utility: dict[str, float] = field(default_factory=dict)
+    utility: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> lang -> perplexity
 
 
 def evaluate_methods(methods: Mapping[str, str], prompts: PromptSet, langs: Sequence[str], judge: Judge,
                      out_dir: Path, *, max_new_tokens: int, batch_size: int, n_boot: int,
-                     utility_set: PromptSet | None = None, utility_limit: int | None = None,
+                     utility_set: PromptSet | None = None,
+                     utility_answers: Mapping[str, Mapping[str, str]] | None = None,
+                     utility_limit: int | None = None,
                      device: str = "auto", prefix: str = "") -> Comparison:
     """Generate, judge and measure every method in turn, one model in memory at a time.
 
     Judged rows go beside the responses as ``<prefix><method>.<judge>.csv``; utility is measured
-    on ``utility_set``'s benign reference answers when one is given.
+    on ``utility_set``'s benign prompts when one is given, per language of ``utility_answers``
+    (``{lang: {prompt id: answer}}``; default: the English ``response`` only).
     """
     result = Comparison()
     for name, source in methods.items():
@@ -71,7 +74,8 @@ def evaluate_methods(methods: Mapping[str, str], prompts: PromptSet, langs: Sequ
         save_judged(result.judged[name], judged_csv_path(responses, judge.name))
         result.metrics[name] = language_metrics(result.judged[name], n_boot=n_boot)
         if utility_set is not None:
-            result.utility[name] = utility(model, tokenizer, utility_set, limit=utility_limit)
+            result.utility[name] = utility(model, tokenizer, utility_set, utility_answers,
+                                           limit=utility_limit)
         del model
         gc.collect()
     return result

@@ -10,7 +10,7 @@ one function serves both.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -93,8 +93,25 @@ def perplexity(model: Any, tokenizer: Any, prompts: Sequence[str], references: S
 
 
 def utility(model: Any, tokenizer: Any, prompts: PromptSet | Sequence[Prompt],
-            limit: int | None = None) -> float:
-    """Perplexity on held-out benign reference answers (English) of a PromptSet."""
-    benign = [p for p in getattr(prompts, "prompts", prompts) if not p.harmful and p.response]
-    benign = benign[:limit] if limit else benign
-    return perplexity(model, tokenizer, [p.text["en"] for p in benign], [p.response for p in benign])
+            answers: Mapping[str, Mapping[str, str]] | None = None,
+            limit: int | None = None) -> dict[str, float]:
+    """Perplexity of benign reference answers per language: ``{lang: perplexity}``.
+
+    ``answers`` is ``{lang: {prompt id: answer}}`` (``mlcwb.data.load_corpus_answers``); the
+    default is English only, each benign prompt's ``response``. Each answer is scored after the
+    prompt in its own language, because alignment that damages a language shows there first. The
+    numbers compare methods within a language, not languages with each other: tokenizers split
+    scripts differently. ``limit`` caps the answers scored per language.
+    """
+    benign = [p for p in getattr(prompts, "prompts", prompts) if not p.harmful]
+    answers = answers if answers is not None else {"en": {p.id: p.response for p in benign if p.response}}
+    scores: dict[str, float] = {}
+    for lang, by_id in answers.items():
+        rows = [p for p in benign if lang in p.text and by_id.get(p.id)][:limit or None]
+        if not rows:
+            raise EvaluationError(f"No {lang} reference answer for any benign prompt given; pass "
+                                  f"prompts with {lang} text and answers for their ids "
+                                  f"(mlcwb.data.load_corpus_answers covers the dev and test splits).")
+        scores[lang] = perplexity(model, tokenizer, [p.text[lang] for p in rows],
+                                  [by_id[p.id] for p in rows])
+    return scores

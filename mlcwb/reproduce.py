@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,9 @@ PRESETS: dict[str, Preset] = {
                                 "mlc_only": True, "mlc_only_lr": 1e-6, "variant": "official",
                                 "schedules": ["joint", "sequential"], "heldout_prompts": 48,
                                 "save_every": 4},
-            # Half the test split (24 + 24 per language) fits one sitting; 48 + 48 (a --config
-            # override) reuses these answers and adds 2,640 more (~35 min at 1.3/s). Batch 64: 1.58 answers/s against
-            # 1.04 at 16 (Qwen, 2 cores, 32 new tokens).
-            "05_safety_comparison": {"n_harmful": 24, "n_benign": 24, "max_new_tokens": 32,
+            # The whole test split. Batch 64: 1.58 answers/s against 1.04 at 16 (Qwen, 2 cores,
+            # 32 new tokens).
+            "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
                                      "multijail_prompts": 24, "batch_size": 64},
         },
         sweep="benchmarks/results/transfer_sweep.json",
@@ -344,7 +344,9 @@ def _log_summary(stages: dict[str, dict[str, Any]], elapsed: float) -> None:
     to "what did this invocation do?" without scrolling back through the notebooks' output."""
     for stem, stage in stages.items():
         seconds = float(stage.get("seconds") or 0)
-        if stage.get("skipped"):
+        if stage.get("kept"):
+            log.info("stage %-24s kept     (--from-stage; took %.0f s when it ran)", stem, seconds)
+        elif stage.get("skipped"):
             log.info("stage %-24s skipped  (up to date; took %.0f s when it ran)", stem, seconds)
         else:
             log.info("stage %-24s ran      %.0f s", stem, seconds)
@@ -353,12 +355,32 @@ def _log_summary(stages: dict[str, dict[str, Any]], elapsed: float) -> None:
              elapsed)
 
 
+def kept_stages(notebooks: Sequence[Path], from_stage: str | None, out: Path) -> list[str]:
+    """The stages before ``from_stage`` (a stem like ``05_safety_comparison`` or its number
+    ``05``), which must already have run in ``out``; ``[]`` without ``from_stage``."""
+    if from_stage is None:
+        return []
+    stems = [n.stem for n in notebooks]
+    start = next((i for i, stem in enumerate(stems) if from_stage in (stem, stem.split("_")[0])), None)
+    if start is None:
+        raise ConfigError(f"--from-stage {from_stage!r} is not a stage; stages: {', '.join(stems)}.")
+    missing = [stem for stem in stems[:start] if not (out / "notebooks" / f"{stem}.ipynb").is_file()]
+    if missing:
+        raise ConfigError(f"--from-stage {from_stage}: {', '.join(missing)} never ran in {out}; "
+                          f"run without --from-stage first.")
+    return stems[:start]
+
+
 def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = False,
-              config: str | Path | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+              config: str | Path | None = None, progress: bool = True,
+              from_stage: str | None = None) -> dict[str, dict[str, Any]]:
     """Run the series into ``out``; returns per stage its seconds and whether it was skipped.
 
     Once a stage runs, every later stage runs too, even where its key matches: it may have read
     what the earlier stage wrote before (an interrupted rerun, a deleted executed notebook).
+    ``from_stage`` keeps the earlier stages' results whatever their keys say and reruns that stage
+    and the rest: how an evaluation changed in the library is applied to a run without training
+    it again (those stages are marked ``kept`` and will rerun at the next plain reproduce).
     ``progress`` logs each running notebook's cells, printed lines and progress bars (see
     ``execute_notebook``); a summary line per stage ends the run either way.
     """
@@ -370,20 +392,27 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
                                             "cell_timeout": preset.cell_timeout})
     stages: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
-    library, upstream, rerun_rest = library_fingerprint(), "", force
-    for notebook in notebook_paths():
+    library, upstream, rerun_rest = library_fingerprint(), "", force or from_stage is not None
+    notebooks = notebook_paths()
+    kept = kept_stages(notebooks, from_stage, out)
+    for notebook in notebooks:
         params = stage_parameters(preset, notebook, out)
         executed = out / "notebooks" / notebook.name
         stamp_path = out / "stages" / f"{notebook.stem}.json"
         inputs = _stage_inputs(notebook, params, upstream, library)
         key = upstream = _inputs_key(inputs)
         stamp = _read_stamp(stamp_path)
+        if notebook.stem in kept:
+            log.info("[%6.0f s] %s: kept as it is (--from-stage)", time.perf_counter() - start, notebook.stem)
+            stages[notebook.stem] = {**stamp, "skipped": True, "kept": True}
+            continue
         if not rerun_rest and executed.is_file() and stamp.get("key") == key:
             log.info("[%6.0f s] %s: up to date, skipped", time.perf_counter() - start, notebook.stem)
             stages[notebook.stem] = {**stamp, "skipped": True}
             continue
-        reason = "forced" if force else ("an earlier stage ran" if rerun_rest
-                                         else _why_stale(stamp, inputs, executed))
+        reason = ("forced" if force else f"--from-stage {from_stage}" if notebook == notebooks[len(kept)]
+                  and from_stage else "an earlier stage ran" if rerun_rest
+                  else _why_stale(stamp, inputs, executed))
         log.info("[%6.0f s] %s: running (%s)", time.perf_counter() - start, notebook.stem, reason)
         rerun_rest = True
         stamp_path.unlink(missing_ok=True)  # a stage that fails now must not look done later

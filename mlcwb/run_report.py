@@ -47,7 +47,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _config_section(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -> Section:
     machine = machine_info()
-    rows = [{"stage": stem, "seconds": s.get("seconds"), "skipped (up to date)": s.get("skipped", False),
+    rows = [{"stage": stem, "seconds": s.get("seconds"),
+             "this invocation": "kept (--from-stage)" if s.get("kept") else
+                                "skipped (up to date)" if s.get("skipped") else "ran",
              "parameters": json.dumps({k: v for k, v in s.get("parameters", {}).items()
                                        if k != "run_dir"}, ensure_ascii=False)}
             for stem, s in stages.items()]
@@ -60,7 +62,7 @@ def _config_section(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -
          f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}, "
          f"torch {machine['torch']}, transformers {machine['transformers']}.",
          f"Wall time of the stages, as recorded when each ran: {total / 60:.1f} min "
-         f"({now / 60:.1f} min of it in this invocation; skipped stages were up to date)."]
+         f"({now / 60:.1f} min of it in this invocation)."]
         + ([preset.notes] if preset.notes else []),
         [("Stages", pd.DataFrame(rows).set_index("stage"))] if rows else [])
 
@@ -239,7 +241,7 @@ def paired_summary(judged: Mapping[str, pd.DataFrame], n_boot: int = 1000,
 
 
 def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.DataFrame],
-                   languages: Sequence[str], utility: Mapping[str, float] | None = None,
+                   languages: Sequence[str], utility: Mapping[str, Mapping[str, float]] | None = None,
                    n_boot: int = 1000, seed: int = 0, *, unseen: Sequence[str] = (),
                    openings: pd.DataFrame | None = None,
                    multijail: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
@@ -262,7 +264,8 @@ def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.
     return {"languages": list(languages), "captions": {m: METRICS[m] for m in shown},
             "methods": {name: _records(frame) for name, frame in metrics.items()},
             "paired": paired_summary(judged, n_boot, seed),
-            "utility": {k: float(v) for k, v in (utility or {}).items()}, "judge": judge,
+            "utility": {m: {lang: float(v) for lang, v in per_lang.items()}
+                        for m, per_lang in (utility or {}).items()}, "judge": judge,
             "unseen": list(unseen),
             "openings": [] if openings is None else
             json.loads(openings.reset_index().to_json(orient="records")),
@@ -273,7 +276,7 @@ def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.
 
 def save_safety_summary(run: str | Path, metrics: Mapping[str, pd.DataFrame],
                         judged: Mapping[str, pd.DataFrame], languages: Sequence[str],
-                        utility: Mapping[str, float] | None = None, n_boot: int = 1000,
+                        utility: Mapping[str, Mapping[str, float]] | None = None, n_boot: int = 1000,
                         seed: int = 0, **extra: Any) -> list[Path]:
     """Write ``safety_summary`` (``extra``: its keyword-only arguments) to
     ``run/metrics/05_safety.json`` and the same numbers in long form to ``run/metrics.csv``;
@@ -307,6 +310,14 @@ def _paired_table(safety: dict[str, Any]) -> pd.DataFrame | None:
     return table
 
 
+def utility_table(utility: Mapping[str, Mapping[str, float] | float]) -> pd.DataFrame:
+    """Methods × languages perplexity, rounded; a method stored as one number (runs made before
+    utility was measured per language) is English."""
+    rows = {METHOD_LABELS.get(m, m): ({"en": v} if isinstance(v, (int, float)) else dict(v))
+            for m, v in utility.items()}
+    return pd.DataFrame(rows).T.round(2).rename_axis("method")
+
+
 def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
     safety = _read_json(run / SAFETY_JSON)
     if safety is None:
@@ -328,10 +339,9 @@ def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
         section.tables.append(("Refusal change in points, 95% paired bootstrap interval, "
                                "McNemar exact p Holm-adjusted across languages", paired))
     if safety.get("utility"):
-        section.tables.append(("Utility: perplexity on held-out benign reference answers (lower is better)",
-                               pd.DataFrame({"perplexity": {METHOD_LABELS.get(k, k): round(v, 2)
-                                                            for k, v in safety["utility"].items()}})
-                               .rename_axis("method")))
+        section.tables.append(("Utility: perplexity of held-out benign reference answers, per "
+                               "language (lower is better; compare methods within a column)",
+                               utility_table(safety["utility"])))
     if (run / "safety_table.md").is_file():
         section.links.append(("safety_table.md", "safety_table.md"))
     return section, safety

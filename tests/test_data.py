@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mlcwb.data import (CORPUS_CATEGORIES, SPLITS, Prompt, PromptSet, corpus_summary, load_corpus,
+                        load_corpus_answers,
                         load_corpus_parts, load_multijail, load_pku_preference, load_pku_sft, load_table,
                         save_corpus)
 from mlcwb.errors import ConfigError, DataError, LanguageError, MLCWBError
@@ -290,6 +291,36 @@ def test_translation_errors_name_file_line_field(tmp_path):
         assert load_corpus(["en"], directory=root).languages == ["en"]  # other languages still load
 
 
+def write_answers(root: Path, lang: str, lines: list[dict]) -> None:
+    (root / "answers").mkdir(exist_ok=True)
+    (root / "answers" / f"{lang}.jsonl").write_text(
+        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+
+
+def test_answers_are_english_responses_plus_translated_benign_answers(tmp_path):
+    root = write_corpus(tmp_path)
+    write_answers(root, "fr", [{"id": "b-theft-01", "text": "Avec un antivol en U.", "method": "test"}])
+    answers = load_corpus_answers(directory=root)
+    assert list(answers) == ["en", "fr"]
+    assert answers["en"] == {"b-violence-01": "reply to b-violence-01", "b-theft-01": "reply to b-theft-01"}
+    assert answers["fr"] == {"b-theft-01": "Avec un antivol en U."}  # a subset of the benign prompts
+    assert list(load_corpus_answers(["en"], directory=root)) == ["en"]
+    with pytest.raises(LanguageError, match="no reference answers for zh.*available: en, fr"):
+        load_corpus_answers(["en", "zh"], directory=root)
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"id": "h-theft-01", "text": "x", "method": "t"}, r"fr.jsonl:1: field 'id': 'h-theft-01' is not a benign prompt"),
+    ({"id": "b-theft-01", "text": "", "method": "t"}, r"fr.jsonl:1: field 'text': empty"),
+    ({"id": "b-theft-01", "answer": "x"}, r"fr.jsonl:1: unknown field\(s\) 'answer'"),
+])
+def test_answer_file_errors_name_file_line_field(tmp_path, line, message):
+    root = write_corpus(tmp_path)
+    write_answers(root, "fr", [line])
+    with pytest.raises(DataError, match=message):
+        load_corpus_answers(directory=root)
+
+
 def test_translation_file_names_must_be_language_codes(tmp_path):
     root = write_corpus(tmp_path / "a", translations={"klingon": translation_lines("zh")})
     with pytest.raises(LanguageError, match=r"klingon.jsonl: file name is not a language code"):
@@ -359,6 +390,17 @@ def test_real_corpus_languages(real_corpus):
     assert len(real_corpus) >= 400 and len(real_corpus.languages) >= 11, real_corpus.languages
     assert {"zh", "ru", "ja", "ar", "bn", "sw", "ur"} <= set(real_corpus.languages)
     assert all(p.text[lang].strip() for p in real_corpus for lang in real_corpus.languages)
+
+
+def test_real_corpus_answers_cover_the_benign_dev_and_test_prompts(real_corpus):
+    answers = load_corpus_answers()
+    held_out = {p.id for p in real_corpus.select(harmful=False) if p.split in ("dev", "test")}
+    assert set(answers) == set(real_corpus.languages)
+    assert len(answers["en"]) == len(real_corpus.select(harmful=False))
+    for lang, by_id in answers.items():
+        if lang != "en":
+            assert set(by_id) == held_out, lang  # no train answers: training stays English-only
+            assert all(text != answers["en"][i] for i, text in by_id.items()), lang  # translated
 
 
 # ------------------------------------------------------------------------------------------------

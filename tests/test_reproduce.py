@@ -141,6 +141,23 @@ def test_a_changed_library_reruns_every_stage(fake_series, tmp_path, monkeypatch
     assert fake_series == STAGES and not any(s["skipped"] for s in stages.values())
 
 
+def test_from_stage_keeps_earlier_stages_whatever_changed_and_reruns_the_rest(fake_series, tmp_path,
+                                                                             monkeypatch):
+    reproduce(tmp_path / "run", _preset())
+    fake_series.clear()
+    monkeypatch.setattr(reproduce_module, "library_fingerprint", lambda: "another-mlcwb")
+    stages = reproduce(tmp_path / "run", _preset(), from_stage="01")
+    assert fake_series == ["01_b", "02_c"]
+    assert stages["00_a"]["kept"] and not stages["01_b"]["skipped"] and "kept" not in stages["02_c"]
+    fake_series.clear()
+    reproduce(tmp_path / "run", _preset())  # the kept stage is stale now: a plain run redoes it all
+    assert fake_series == STAGES
+    with pytest.raises(ConfigError, match="'09' is not a stage; stages: 00_a, 01_b, 02_c"):
+        reproduce(tmp_path / "run", _preset(), from_stage="09")
+    with pytest.raises(ConfigError, match="00_a, 01_b never ran in"):
+        reproduce(tmp_path / "fresh", _preset(), from_stage="02_c")
+
+
 def test_library_fingerprint_follows_the_version_and_the_source(monkeypatch):
     import mlcwb
 

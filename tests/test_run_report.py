@@ -12,7 +12,7 @@ from mlcwb.errors import DataError
 from mlcwb.metrics import language_metrics
 from mlcwb.tables import to_markdown, with_interval
 from mlcwb.reproduce import PRESETS, Preset
-from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section,
+from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section, utility_table,
                               holm_by_language, reading, save_safety_summary,
                               save_training_summary, write_report, write_safety_exports)
 from tests.test_metrics import _judged
@@ -175,7 +175,8 @@ def _notebook_05_results() -> tuple[dict, dict]:
 def test_save_safety_summary_writes_what_the_report_reads(tmp_path):
     judged, metrics = _notebook_05_results()
     json_path, csv_path = save_safety_summary(tmp_path, metrics, judged, ["en", "zh"],
-                                              utility={"raw": 12.5, "align": 13.0, "mlc": 13.1},
+                                              utility={"raw": {"en": 12.5, "zh": 20.0}, "align": {"en": 13.0, "zh": 21.5},
+                                                       "mlc": {"en": 13.1, "zh": 19.0}},
                                               n_boot=50)
     assert json_path == tmp_path / "metrics" / "05_safety.json"
     assert csv_path == tmp_path / "metrics.csv" and len(pd.read_csv(csv_path)) == 3 * 2 * 4
@@ -186,11 +187,14 @@ def test_save_safety_summary_writes_what_the_report_reads(tmp_path):
     assert (saved["n_harmful"], saved["n_benign"], saved["max_new_tokens"]) == (10, 10, 32)
     assert saved["judge"] == {"name": "refusal-markers", "version": "abc123"}
     assert "lang_match" not in saved["captions"]  # only metrics every method has
+    assert saved["utility"]["mlc"] == {"en": 13.1, "zh": 19.0}
     section, safety = _safety_section(tmp_path)
     assert safety == saved
     table = dict(section.tables)["Safety rate on harmful prompts (%)"]
     assert table.loc["+ MLC (joint)", "zh"] == "90.0 [60, 98]"
     assert "Judge: `refusal-markers` version `abc123`." in section.paragraphs
+    utility = section.tables[-1][1]
+    assert utility.loc["+ MLC (joint)", "zh"] == 19.0 and list(utility.columns) == ["en", "zh"]
     paired = section.tables[-2][1]
     assert paired.loc["English-only alignment → + MLC (joint) (harmful)", "zh"].startswith("60.0 [")
     assert "p=" in paired.loc["English-only alignment → + MLC (joint) (harmful)", "zh"]
@@ -272,3 +276,10 @@ def test_write_report_shows_intervals_and_links_the_exports(tmp_path):
     assert "- [safety_table.tex](safety_table.tex)" in md and "- [metrics.csv](metrics.csv)" in md
     assert (tmp_path / "safety_table.tex").is_file() and (tmp_path / "metrics.csv").is_file()
     assert "90.0 [60, 98]" in html_path.read_text()
+
+
+def test_utility_table_reads_per_language_and_older_english_only_summaries():
+    table = utility_table({"raw": {"en": 12.3456, "zh": 30.0}, "mlc": {"en": 13.0, "zh": 25.5}})
+    assert table.loc["+ MLC (joint)", "zh"] == 25.5 and table.loc["raw model", "en"] == 12.35
+    older = utility_table({"raw": 12.5, "align": 13.0})  # a run saved before utility was per language
+    assert list(older.columns) == ["en"] and older.loc["English-only alignment", "en"] == 13.0

@@ -2,12 +2,13 @@
 
 - ``load_corpus``        prompts.jsonl + translations/<lang>.jsonl as one aligned ``PromptSet``
 - ``load_corpus_parts`` / ``save_corpus``  the English parts and the file ``tools/build_corpus.py`` writes
+- ``load_corpus_answers``  benign reference answers per language (utility in every language)
 - ``corpus_translation_files`` / ``corpus_summary``  which languages are on disk; datasheet counts
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ def corpus_dir() -> Path:
 # --------------------------------------------------------------------------------------------------
 # The project's corpus: data/corpus/prompts.jsonl (English, labels, responses, split, pair)
 #                      + data/corpus/translations/<lang>.jsonl ({"id", "text", "method"} per prompt)
+#                      + data/corpus/answers/<lang>.jsonl (the same, for benign dev/test answers)
 
 _CORPUS_FIELDS = ("id", "category", "harmful", "borderline", "pair", "split", "en", "response", "rejected")
 
@@ -106,11 +108,14 @@ def save_corpus(prompts: PromptSet, path: str | Path | None = None) -> Path:
     return write_jsonl(path, rows)
 
 
-def corpus_translation_files(directory: str | Path | None = None) -> dict[str, Path]:
-    """``{lang: translations/<lang>.jsonl}`` in registry order; each file name must be a language code."""
+def corpus_translation_files(directory: str | Path | None = None, folder: str = "translations") -> dict[str, Path]:
+    """``{lang: <folder>/<lang>.jsonl}`` in registry order; each file name must be a language code.
+
+    ``folder`` is ``translations`` (the prompts) or ``answers`` (the benign reference answers).
+    """
     root = Path(directory) if directory is not None else corpus_dir()
     files: dict[str, Path] = {}
-    for path in sorted((root / "translations").glob("*.jsonl")):
+    for path in sorted((root / folder).glob("*.jsonl")):
         try:
             code = get_language(path.stem).code
         except LanguageError as exc:
@@ -118,13 +123,16 @@ def corpus_translation_files(directory: str | Path | None = None) -> dict[str, P
         if code != path.stem:
             raise LanguageError(f"{path}: name the file {code}.jsonl (the canonical code)")
         if code == "en":
-            raise LanguageError(f"{path}: English lives in prompts.jsonl, not in translations/")
+            raise LanguageError(f"{path}: English lives in prompts.jsonl, not in {folder}/")
         files[code] = path
     order = list(LANGUAGES)
     return {code: files[code] for code in sorted(files, key=order.index)}
 
 
-def _read_translations(path: Path, ids: dict[str, int]) -> tuple[dict[str, str], dict[str, str]]:
+def _read_translations(path: Path, ids: Collection[str], complete: bool = True,
+                       kind: str = "a prompt in prompts.jsonl") -> tuple[dict[str, str], dict[str, str]]:
+    """``{id: text}`` and ``{id: method}`` of one language file; ``ids`` are the ids it may name
+    (``kind`` says what they are) and ``complete`` requires a line for each."""
     texts: dict[str, str] = {}
     methods: dict[str, str] = {}
     first: dict[str, str] = {}
@@ -135,7 +143,7 @@ def _read_translations(path: Path, ids: dict[str, int]) -> tuple[dict[str, str],
                             "allowed: id, text, method")
         prompt_id, text, method = row.get("id"), row.get("text"), row.get("method", "unknown")
         if not isinstance(prompt_id, str) or prompt_id not in ids:
-            raise DataError(f"{where}: field 'id': {prompt_id!r} is not a prompt in prompts.jsonl "
+            raise DataError(f"{where}: field 'id': {prompt_id!r} is not {kind} "
                             "(extra or misspelt id)")
         if prompt_id in first:
             raise DataError(f"{where}: field 'id': duplicate id {prompt_id!r} (first at {first[prompt_id]})")
@@ -147,7 +155,7 @@ def _read_translations(path: Path, ids: dict[str, int]) -> tuple[dict[str, str],
         texts[prompt_id] = text
         methods[prompt_id] = method
     missing = [i for i in ids if i not in texts]
-    if missing:
+    if complete and missing:
         raise DataError(f"{path}: field 'id': no translation for {len(missing)} prompt(s) "
                         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
                         "every prompt in prompts.jsonl needs one line")
@@ -183,6 +191,32 @@ def load_corpus(langs: str | Sequence[str] | None = None, directory: str | Path 
             p.text[lang] = texts[p.id]
             p.method[lang] = methods[p.id]
     return PromptSet([p.copy(wanted) for p in prompts], "mlcwb-corpus")
+
+
+def load_corpus_answers(langs: str | Sequence[str] | None = None,
+                        directory: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """``{lang: {prompt id: reference answer}}`` for the corpus's benign prompts.
+
+    English is each benign prompt's ``response``; other languages come from
+    ``answers/<lang>.jsonl``, translations of those answers for the dev and test splits only, so
+    utility (perplexity of a good answer) can be measured in every language while training stays
+    free of target-language responses, as the paper's setting requires. ``langs=None``: English and
+    every language with an answers file.
+    """
+    root = Path(directory) if directory is not None else corpus_dir()
+    english = load_corpus(["en"], root)
+    answers = {"en": {p.id: p.response for p in english if not p.harmful and p.response}}
+    files = corpus_translation_files(root, "answers")
+    wanted = ["en", *files] if langs is None else language_codes(langs)
+    absent = [lang for lang in wanted if lang != "en" and lang not in files]
+    if absent:
+        raise LanguageError(f"no reference answers for {', '.join(absent)} in {root / 'answers'}; "
+                            f"available: {', '.join(['en', *files])}")
+    for lang in wanted:
+        if lang != "en":
+            answers[lang] = _read_translations(files[lang], answers["en"], complete=False,
+                                               kind="a benign prompt in prompts.jsonl")[0]
+    return {lang: answers[lang] for lang in wanted}
 
 
 def corpus_summary(prompts: PromptSet | None = None, by: str = "category") -> pd.DataFrame:
