@@ -112,7 +112,7 @@ PRESETS: dict[str, Preset] = {
             # The whole test split. Batch 64: 1.58 answers/s against 1.04 at 16 (Qwen, 2 cores,
             # 32 new tokens).
             "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
-                                     "multijail_prompts": 24, "batch_size": 64},
+                                     "multijail_prompts": 24, "batch_size": 64, "utility_prompts": 48},
         },
         sweep="benchmarks/results/transfer_sweep.json",
         notes="Alignment and MLC settings measured on the dev split by "
