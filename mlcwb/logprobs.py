@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, EvaluationError
 from mlcwb.models import encode_prompts
@@ -58,20 +59,24 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], contin
     """``(sum of log-probs, number of tokens)`` of each continuation given its prompt.
 
     The prompt is formatted exactly as for generation, the continuation is tokenized on its own
-    and appended, so the scored tokens are the ones the model would have to produce.
+    and appended, so the scored tokens are the ones the model would have to produce. Rows are
+    batched in order of length, so that little of a batch is padding (reference answers in
+    Bengali or Urdu run to several times the tokens of English ones).
     """
     if len(prompts) != len(continuations):
         raise ConfigError("prompts and continuations must have the same length")
     device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask, answer = _rows(tokenizer, prompts[start:start + batch_size],
-                                  continuations[start:start + batch_size], chat_template)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+    results: dict[int, tuple[float, int]] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, mask, answer = _rows(tokenizer, [prompts[i] for i in chunk],
+                                  [continuations[i] for i in chunk], chat_template)
         ids, mask, answer = ids.to(device), mask.to(device), answer.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits
         sums, counts = masked_token_logps(logits[:, :-1], ids[:, 1:], answer[:, 1:])
-        results += [(float(s), int(n)) for s, n in zip(sums, counts)]
-    return results
+        results.update((i, (float(s), int(n))) for i, s, n in zip(chunk, sums, counts))
+    return [results[i] for i in range(len(prompts))]
 
 
 def perplexity(model: Any, tokenizer: Any, prompts: Sequence[str], references: Sequence[str],
@@ -106,7 +111,7 @@ def utility(model: Any, tokenizer: Any, prompts: PromptSet | Sequence[Prompt],
     benign = [p for p in getattr(prompts, "prompts", prompts) if not p.harmful]
     answers = answers if answers is not None else {"en": {p.id: p.response for p in benign if p.response}}
     scores: dict[str, float] = {}
-    for lang, by_id in answers.items():
+    for lang, by_id in tqdm(answers.items(), desc="utility", unit="lang", disable=len(answers) < 2):
         rows = [p for p in benign if lang in p.text and by_id.get(p.id)][:limit or None]
         if not rows:
             raise EvaluationError(f"No {lang} reference answer for any benign prompt given; pass "

@@ -95,8 +95,8 @@ PRESETS: dict[str, Preset] = {
         description="the experiment that can answer the question: Qwen2.5-Coder-0.5B-Instruct "
                     "(refuses harmful requests in English far more than elsewhere), English-only "
                     "alignment vs + MLC joint, sequential and MLC alone; MLC on en zh ru ja ar, the "
-                    "other six corpus languages unseen; 24 + 24 test prompts per language and "
-                    "MultiJail (about 2 h 20 min on 2 CPU cores)",
+                    "other six corpus languages unseen; the whole test split (48 + 48 prompts per "
+                    "language) and MultiJail (about 3 h on 2 CPU cores)",
         common={"model_name": "qwen2.5-coder-0.5b-instruct", "languages": TRANSFER_LANGUAGES,
                 "device": "auto"},
         notebooks={
@@ -110,9 +110,10 @@ PRESETS: dict[str, Preset] = {
                                 "schedules": ["joint", "sequential"], "heldout_prompts": 48,
                                 "save_every": 4},
             # The whole test split. Batch 64: 1.58 answers/s against 1.04 at 16 (Qwen, 2 cores,
-            # 32 new tokens).
+            # 32 new tokens). Utility: 16 reference answers per language, about 3 min per model
+            # (one answer in Bengali is ~500 tokens).
             "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
-                                     "multijail_prompts": 24, "batch_size": 64, "utility_prompts": 48},
+                                     "multijail_prompts": 24, "batch_size": 64, "utility_prompts": 16},
         },
         sweep="benchmarks/results/transfer_sweep.json",
         notes="Alignment and MLC settings measured on the dev split by "
