@@ -68,10 +68,10 @@ CANDIDATES: dict[str, dict] = {
     "mlc-contrastive-l16-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "contrastive", "layer": 16}},
     "dpo-full-64-2e-6": {"align": "dpo", "max_prompts": 64, "lr": 2e-6},
     "sft-lora-64-2e-4": {"align": "sft", "max_prompts": 64, "lr": 2e-4, "lora": {}},
-    "dpo-lora-64-5e-5": {"align": "dpo", "max_prompts": 64, "lr": 5e-5, "lora": {}},
     "dpo-full-64-6e-7": {"align": "dpo", "max_prompts": 64, "lr": 6e-7},
     "dpo-full-64-6e-7+mlc-official": {"align": "dpo", "max_prompts": 64, "lr": 6e-7,
                                       "mlc": {"variant": "official", "aux_every": 2}},
+    "dpo-lora-64-5e-5": {"align": "dpo", "max_prompts": 64, "lr": 5e-5, "lora": {}},
 }
 
 
