@@ -137,8 +137,16 @@ def test_choice_section_states_a_sweeps_criterion_and_choice(tmp_path, monkeypat
     candidates = [cand("raw", None, 50.0, 2.0, 5.0), cand("sft-a", "sft", 40.0, 8.0, 30.0),
                   cand("sft-b", "sft", 60.0, 4.0, 10.0), cand("sft-c", "sft", 61.0, 4.0, 10.0, 999.0),
                   cand("mlc-x", "none", 55.0, 20.0, 5.0)]
-    chosen = sweep_module.choose(candidates, budget_s=480)
-    assert chosen == "sft-b"  # a rises English discrimination; c is over budget; mlc-x is not alignment
+    joint = {**cand("sft-b+mlc", "sft", 62.0, 30.0, 10.0), "settings": {"lr": 1e-5, "mlc": {}}}
+    mlc_x = {**candidates[-1], "settings": {"mlc": {}}}
+    chosen = sweep_module.choose([*candidates, joint], budget_s=480)
+    assert chosen == "sft-b"  # a rises English discrimination; c is over budget; mlc-x, +mlc are not alignment
+    verdicts = sweep_module.mlc_verdicts([*candidates[:-1], mlc_x, joint])
+    assert verdicts["sft-b+mlc"] == "works (against sft-b)"  # others 4 -> 30, English 60 -> 62
+    assert verdicts["mlc-x"] == "works (against raw)"
+    collapsed = {**joint, "en_discrimination": 45.0, "collapsed_langs": ["zh"]}
+    assert sweep_module.mlc_verdicts([*candidates, collapsed])["sft-b+mlc"] == (
+        "does not work (against sft-b): English discrimination fell more than 10 points; collapsed in zh")
     sweep = {"date": "2026-01-01", "criterion": "the criterion text", "chosen": chosen,
              "setup": {"languages": ["en", "zh"], "split": "dev", "n_harmful": 24, "n_benign": 24,
                        "max_new_tokens": 32, "judge": "RefusalJudge"}, "candidates": candidates}
