@@ -310,12 +310,15 @@ def _paired_table(safety: dict[str, Any]) -> pd.DataFrame | None:
     return table
 
 
-def utility_table(utility: Mapping[str, Mapping[str, float] | float]) -> pd.DataFrame:
-    """Methods × languages perplexity, rounded; a method stored as one number (runs made before
-    utility was measured per language) is English."""
+def utility_table(utility: Mapping[str, Mapping[str, float] | float],
+                  languages: Sequence[str] = ()) -> pd.DataFrame:
+    """Methods × languages perplexity, rounded, columns in ``languages`` order first; a method
+    stored as one number (runs made before utility was measured per language) is English."""
     rows = {METHOD_LABELS.get(m, m): ({"en": v} if isinstance(v, (int, float)) else dict(v))
             for m, v in utility.items()}
-    return pd.DataFrame(rows).T.round(2).rename_axis("method")
+    table = pd.DataFrame(rows).T.round(2).rename_axis("method")
+    first = [lang for lang in languages if lang in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
 
 
 def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
@@ -341,7 +344,7 @@ def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
     if safety.get("utility"):
         section.tables.append(("Utility: perplexity of held-out benign reference answers, per "
                                "language (lower is better; compare methods within a column)",
-                               utility_table(safety["utility"])))
+                               utility_table(safety["utility"], safety["languages"])))
     if (run / "safety_table.md").is_file():
         section.links.append(("safety_table.md", "safety_table.md"))
     return section, safety

@@ -291,3 +291,4 @@ def test_utility_table_reads_per_language_and_older_english_only_summaries():
     assert table.loc["+ MLC (joint)", "zh"] == 25.5 and table.loc["raw model", "en"] == 12.35
     older = utility_table({"raw": 12.5, "align": 13.0})  # a run saved before utility was per language
     assert list(older.columns) == ["en"] and older.loc["English-only alignment", "en"] == 13.0
+    assert list(utility_table({"raw": {"fr": 2.0, "en": 1.0, "zh": 3.0}}, ["zh", "en"]).columns) == ["zh", "en", "fr"]
