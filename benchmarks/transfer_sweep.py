@@ -137,15 +137,16 @@ def mlc_verdicts(candidates: list[dict]) -> dict[str, str]:
         base = by_name.get(c["name"].split("+")[0] if "+" in c["name"] else "raw")
         if base is None:
             continue
-        rises = c["others_discrimination_mean"] > base["others_discrimination_mean"]
-        kept = c["en_discrimination"] >= base["en_discrimination"] - 10
         collapsed = c.get("collapsed_langs") or []
-        verdicts[c["name"]] = (f"works (against {base['name']})" if rises and kept and not collapsed else
-                               f"does not work (against {base['name']}): " + "; ".join(
-                                   [m for m, bad in [("other languages' discrimination did not rise", not rises),
-                                                     ("English discrimination fell more than 10 points", not kept),
-                                                     (f"collapsed in {', '.join(collapsed)}", bool(collapsed))]
-                                    if bad]))
+        problems = []
+        if c["others_discrimination_mean"] <= base["others_discrimination_mean"]:
+            problems.append("other languages' discrimination did not rise")
+        if c["en_discrimination"] < base["en_discrimination"] - 10:
+            problems.append("English discrimination fell more than 10 points")
+        if collapsed:
+            problems.append(f"collapsed in {', '.join(collapsed)}")
+        verdicts[c["name"]] = (f"does not work (against {base['name']}): {'; '.join(problems)}" if problems
+                               else f"works (against {base['name']})")
     return verdicts
 
 

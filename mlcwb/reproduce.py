@@ -110,8 +110,8 @@ PRESETS: dict[str, Preset] = {
                                 "schedules": ["joint", "sequential"], "heldout_prompts": 48,
                                 "save_every": 4},
             # The whole test split. Batch 64: 1.58 answers/s against 1.04 at 16 (Qwen, 2 cores,
-            # 32 new tokens). Utility: 16 reference answers per language, about 3 min per model
-            # (one answer in Bengali is ~500 tokens).
+            # 32 new tokens). Utility: 16 reference answers per language, 4.7-5.5 min per model
+            # (a Bengali prompt + answer is ~500 tokens).
             "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
                                      "multijail_prompts": 24, "batch_size": 64, "utility_prompts": 16},
         },
@@ -411,9 +411,12 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
             log.info("[%6.0f s] %s: up to date, skipped", time.perf_counter() - start, notebook.stem)
             stages[notebook.stem] = {**stamp, "skipped": True}
             continue
-        reason = ("forced" if force else f"--from-stage {from_stage}" if notebook == notebooks[len(kept)]
-                  and from_stage else "an earlier stage ran" if rerun_rest
-                  else _why_stale(stamp, inputs, executed))
+        if force:
+            reason = "forced"
+        elif from_stage is not None and notebook == notebooks[len(kept)]:
+            reason = f"--from-stage {from_stage}"
+        else:
+            reason = "an earlier stage ran" if rerun_rest else _why_stale(stamp, inputs, executed)
         log.info("[%6.0f s] %s: running (%s)", time.perf_counter() - start, notebook.stem, reason)
         rerun_rest = True
         stamp_path.unlink(missing_ok=True)  # a stage that fails now must not look done later
