@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, DataError, EvaluationError
 from mlcwb.io import append_jsonl, atomic_path, read_jsonl, write_jsonl
-from mlcwb.models import encode_prompts, model_fingerprint
+from mlcwb.models import model_fingerprint
+from mlcwb.prefix import (SharedPrefix, cache_kwargs, compute_prefix, expand_cache, pack_after_prefix,
+                          prompt_rows)
+from mlcwb.refusal_score import FirstStepLogits, score_rows
 
 if TYPE_CHECKING:
     from mlcwb.data import Prompt, PromptSet
@@ -34,7 +38,7 @@ Prompts = Union[  # what generate() accepts; plain strings need no PromptSet
 log = logging.getLogger(__name__)
 
 COLUMNS = ["id", "lang", "prompt", "response", "harmful", "borderline", "category", "model",
-           "settings"]
+           "settings", "refusal_score"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Job:
     category: str
 
 
-def _jobs(prompts: Prompts, langs: Sequence[str] | None) -> list[Job]:
+def prompt_jobs(prompts: Prompts, langs: Sequence[str] | None) -> list[Job]:
     """Flatten a PromptSet (or a list of Prompt objects, or plain strings) into jobs, language-major.
 
     Plain strings get ids ``p0000...`` and the single language ``langs[0]`` (default ``"und"``),
@@ -91,29 +95,29 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def settings_dict(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
-                  seed: int, chat_template: bool) -> dict[str, Any]:
+                  seed: int, chat_template: bool, dtype: str = "float32") -> dict[str, Any]:
     """What decides a response besides the model and the prompt: the resume key's second half.
 
-    Batch size is not part of it: greedy output does not depend on it (tested).
+    Batch size and prefix reuse are not part of it: greedy output depends on neither (tested).
+    The precision is, when it is not float32 (a bfloat16 model can answer differently); float32
+    adds nothing, so keys written before precision was recorded stay valid.
     """
     s: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "do_sample": bool(do_sample),
                          "chat_template": bool(chat_template)}
     if do_sample:
         s.update(temperature=float(temperature), top_p=float(top_p), seed=int(seed))
+    if dtype != "float32":
+        s["dtype"] = dtype
     return s
 
 
-@torch.inference_mode()
-def generate_texts(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int = 64,
-                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                   chat_template: bool = True) -> list[str]:
-    """Answer one batch of prompts (left-padded, KV cache); returns the decoded new text.
+def model_dtype(model: Any) -> str:
+    """``"float32"``, ``"bfloat16"``, ...: the precision a model computes in."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
-    The attention mask tells ``generate`` which positions are padding, and it derives position ids
-    from the mask, so a left-padded prompt sees the same positions as it would alone.
-    """
-    device = next(model.parameters()).device
-    enc = encode_prompts(tokenizer, texts, chat_template=chat_template).to(device)
+
+def _generation_kwargs(model: Any, tokenizer: Any, max_new_tokens: int, do_sample: bool,
+                       temperature: float, top_p: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                                   use_cache=True, pad_token_id=tokenizer.pad_token_id,
                                   eos_token_id=_eos_ids(model, tokenizer))
@@ -121,9 +125,46 @@ def generate_texts(model: Any, tokenizer: Any, texts: list[str], max_new_tokens:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(**enc, **kwargs)
-    new = out if model.config.is_encoder_decoder else out[:, enc["input_ids"].shape[1]:]
-    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return kwargs
+
+
+@torch.inference_mode()
+def answer_rows(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], prefix: SharedPrefix,
+                langs: Sequence[str] | None = None, max_new_tokens: int = 64, do_sample: bool = False,
+                temperature: float = 1.0, top_p: float = 1.0) -> tuple[list[str], np.ndarray]:
+    """Answer one batch of tokenized prompts: ``(texts, refusal scores)``.
+
+    Rows are packed as ``[shared prefix][pads][own tokens]`` and the prefix's keys/values are
+    handed to ``generate`` as its cache, so only the rows' own tokens are prefilled. ``generate``
+    derives position ids from the attention mask, so every row sees the positions it would see
+    alone and greedy answers equal those of a plain left-padded batch (tested). With ``langs``,
+    each row's refusal log-odds (``mlcwb.refusal_score``) is read off the prefill's logits;
+    otherwise the scores are NaN.
+    """
+    device = next(model.parameters()).device
+    ids, mask = pack_after_prefix(rows, prefix.length, tokenizer.pad_token_id, "left")
+    kwargs = _generation_kwargs(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
+    if prefix.cache is not None:
+        kwargs.update(cache_kwargs(model, expand_cache(prefix.cache, len(rows), model.config)))
+    with FirstStepLogits(model) as first:
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+    new = out if model.config.is_encoder_decoder else out[:, ids.shape[1]:]
+    texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    scores = np.full(len(rows), np.nan)
+    if langs is not None and first.logits is not None:
+        scores = score_rows(tokenizer, first.logits, langs)
+    return texts, scores
+
+
+def generate_texts(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int = 64,
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   chat_template: bool = True, reuse_prefix: bool = True) -> list[str]:
+    """Answer one batch of prompts (KV cache, the template's shared prefix run once); returns the
+    decoded new text."""
+    rows = prompt_rows(tokenizer, texts, chat_template)
+    prefix = compute_prefix(model, rows) if reuse_prefix else SharedPrefix()
+    return answer_rows(model, tokenizer, rows, prefix, None, max_new_tokens, do_sample,
+                       temperature, top_p)[0]
 
 
 def _done_rows(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[tuple[str, str], dict]:
@@ -146,31 +187,36 @@ def _done_rows(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[t
 def generate(model: Any, tokenizer: Any, prompts: Prompts, langs: Sequence[str] | None = None,
              max_new_tokens: int = 64, batch_size: int = 16, out_path: str | Path | None = None,
              do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
-             seed: int = 0, chat_template: bool = True, progress: bool = True) -> pd.DataFrame:
+             seed: int = 0, chat_template: bool = True, progress: bool = True,
+             reuse_prefix: bool = True) -> pd.DataFrame:
     """Answer every prompt in every language; returns one row per (prompt, language).
 
     ``prompts`` is a PromptSet, a list of Prompt objects, or a list of strings. With ``out_path``
     each response is appended as soon as its batch finishes and rows already there (same model
     fingerprint and settings) are skipped, so a rerun only does what is missing. Prompts are
-    sorted by length inside each language so that a batch wastes little on padding. Sampling
-    (``do_sample=True``) is seeded per batch: reproducible for the same seed, batch size and
-    prompt order.
+    sorted by length inside each language so that a batch wastes little on padding, and the
+    chat template's shared prefix is computed once per call (``reuse_prefix``). Each row carries
+    ``refusal_score``, the log-odds that the answer opens with a refusal, read off the first
+    generation step (``mlcwb.refusal_score``). Sampling (``do_sample=True``) is seeded per
+    batch: reproducible for the same seed, batch size and prompt order.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ConfigError("max_new_tokens and batch_size must be >= 1.")
-    jobs = _jobs(prompts, langs)
+    jobs = prompt_jobs(prompts, langs)
     keys = [(j.id, j.lang) for j in jobs]
     if len(set(keys)) != len(keys):
         raise DataError("Duplicate (prompt id, language) pairs; prompt ids must be unique.")
     fingerprint = model_fingerprint(model)
-    settings = settings_dict(max_new_tokens, do_sample, temperature, top_p, seed, chat_template)
+    settings = settings_dict(max_new_tokens, do_sample, temperature, top_p, seed, chat_template,
+                             model_dtype(model))
     out = Path(out_path) if out_path else None
     done = _done_rows(out, fingerprint, settings) if out else {}
     todo = [j for j in jobs if (j.id, j.lang) not in done]
     if done:
         log.info("resuming: %d of %d responses already in %s", len(jobs) - len(todo), len(jobs), out)
-    lengths = {j: len(tokenizer(j.prompt, add_special_tokens=False)["input_ids"]) for j in todo}
-    todo.sort(key=lambda j: (j.lang, -lengths[j]))
+    rows = dict(zip(todo, prompt_rows(tokenizer, [j.prompt for j in todo], chat_template))) if todo else {}
+    todo.sort(key=lambda j: (j.lang, -len(rows[j])))
+    prefix = compute_prefix(model, list(rows.values())) if reuse_prefix and todo else SharedPrefix()
     results = dict(done)
     bar = tqdm(total=len(todo), desc="generate", disable=not progress or not todo)
     for b, start in enumerate(range(0, len(todo), batch_size)):
@@ -178,16 +224,18 @@ def generate(model: Any, tokenizer: Any, prompts: Prompts, langs: Sequence[str] 
         if do_sample:
             torch.manual_seed(seed * 1_000_003 + b)
         try:
-            texts = generate_texts(model, tokenizer, [j.prompt for j in batch], max_new_tokens,
-                                   do_sample, temperature, top_p, chat_template)
+            texts, scores = answer_rows(model, tokenizer, [rows[j] for j in batch], prefix,
+                                        [j.lang for j in batch], max_new_tokens, do_sample,
+                                        temperature, top_p)
         except (RuntimeError, ValueError) as exc:
             raise EvaluationError(f"Generation failed on a batch of {len(batch)} prompts "
                                   f"({batch[0].lang}, first id {batch[0].id}): {exc}. Try a smaller "
                                   f"batch_size or max_new_tokens.") from exc
-        for job, text in zip(batch, texts):
+        for job, text, score in zip(batch, texts, scores):
             row = {"id": job.id, "lang": job.lang, "prompt": job.prompt, "response": text,
                    "harmful": job.harmful, "borderline": job.borderline, "category": job.category,
-                   "model": fingerprint, "settings": settings}
+                   "model": fingerprint, "settings": settings,
+                   "refusal_score": None if np.isnan(score) else round(float(score), 4)}
             if out:
                 append_jsonl(out, row)
             results[(job.id, job.lang)] = row
@@ -235,5 +283,5 @@ def save_judged(judged: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["COLUMNS", "JUDGED_COLUMNS", "generate", "generate_texts", "judged_csv_path",
-           "load_responses", "save_judged", "settings_dict"]
+__all__ = ["COLUMNS", "JUDGED_COLUMNS", "Job", "answer_rows", "generate", "generate_texts",
+           "judged_csv_path", "load_responses", "model_dtype", "prompt_jobs", "save_judged", "settings_dict"]

@@ -18,7 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, EvaluationError
-from mlcwb.models import encode_prompts
+from mlcwb.prefix import (SharedPrefix, cache_kwargs, compute_prefix, expand_cache, pack_after_prefix,
+                          prompt_rows)
 
 if TYPE_CHECKING:
     from mlcwb.data import Prompt, PromptSet
@@ -37,20 +38,28 @@ def masked_token_logps(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[T
     return torch.where(keep.bool(), token_logp, 0.0).sum(-1), keep.sum(-1)
 
 
-def _rows(tokenizer: Any, prompts: list[str], continuations: list[str],
-          chat_template: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ``prompt + continuation`` ids, their attention mask and the continuation mask."""
-    heads = [encode_prompts(tokenizer, [p], chat_template)["input_ids"][0].tolist() for p in prompts]
-    tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    width = max(len(h) + len(t) for h, t in zip(heads, tails))
-    ids = torch.full((len(heads), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    answer = torch.zeros_like(ids)
-    for i, (head, tail) in enumerate(zip(heads, tails)):  # right padding: positions start at 0 for all
-        ids[i, :len(head) + len(tail)] = torch.tensor(head + tail)
-        mask[i, :len(head) + len(tail)] = 1
-        answer[i, len(head):len(head) + len(tail)] = 1
-    return ids, mask, answer
+def _answer_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix,
+                  targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Log-probs of ``targets`` predicted at ``(rows, columns)`` positions of a right-packed batch,
+    computing the LM head at those positions only (the rest of the prompt needs none).
+
+    Models whose head does more than a matmul (logit soft-capping, a logit scale) get their own
+    full forward, so their scores stay exact.
+    """
+    rows_idx, cols = rows
+    positions = ((mask.long().cumsum(-1) - 1).clamp_min(0))[:, prefix.length:]
+    kwargs: dict[str, Any] = {"input_ids": ids[:, prefix.length:], "attention_mask": mask,
+                              "position_ids": positions}
+    if prefix.cache is not None:
+        kwargs.update(cache_kwargs(model, expand_cache(prefix.cache, ids.shape[0], model.config)))
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        logits = model(**kwargs).logits[rows_idx, cols - prefix.length]
+    else:
+        hidden = model.get_decoder()(**kwargs).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows_idx, cols - prefix.length])
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 @torch.inference_mode()
@@ -59,23 +68,37 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], contin
     """``(sum of log-probs, number of tokens)`` of each continuation given its prompt.
 
     The prompt is formatted exactly as for generation, the continuation is tokenized on its own
-    and appended, so the scored tokens are the ones the model would have to produce. Rows are
-    batched in order of length, so that little of a batch is padding (reference answers in
-    Bengali or Urdu run to several times the tokens of English ones).
+    and appended, so the scored tokens are the ones the model would have to produce. The chat
+    template's shared prefix is run once per call, rows are batched in order of length (reference
+    answers in Bengali or Urdu run to several times the tokens of English ones), and the
+    vocabulary-sized LM head runs only where an answer token is predicted. Decoder-only models.
     """
     if len(prompts) != len(continuations):
         raise ConfigError("prompts and continuations must have the same length")
+    if model.config.is_encoder_decoder:
+        raise ConfigError("continuation_logprobs scores a decoder-only model's continuation of its "
+                          "prompt; an encoder-decoder scores answers through its decoder (labels=).")
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+    heads = prompt_rows(tokenizer, prompts, chat_template)
+    tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    prefix = compute_prefix(model, heads)
+    order = sorted(range(len(prompts)), key=lambda i: len(heads[i]) + len(tails[i]))
     results: dict[int, tuple[float, int]] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        ids, mask, answer = _rows(tokenizer, [prompts[i] for i in chunk],
-                                  [continuations[i] for i in chunk], chat_template)
-        ids, mask, answer = ids.to(device), mask.to(device), answer.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        sums, counts = masked_token_logps(logits[:, :-1], ids[:, 1:], answer[:, 1:])
-        results.update((i, (float(s), int(n))) for i, s, n in zip(chunk, sums, counts))
+        ids, mask = pack_after_prefix([heads[i] + tails[i] for i in chunk], prefix.length,
+                                      tokenizer.pad_token_id, "right")
+        where = [(r, t) for r, i in enumerate(chunk)
+                 for t in range(len(heads[i]), len(heads[i]) + len(tails[i]))]
+        sums = [0.0] * len(chunk)
+        if where:
+            rows = torch.tensor([r for r, _ in where]), torch.tensor([t - 1 for _, t in where])
+            targets = ids[rows[0], rows[1] + 1]
+            logps = _answer_logps(model, ids.to(device), mask.to(device), prefix,
+                                  targets.to(device), (rows[0].to(device), rows[1].to(device)))
+            for (r, _), lp in zip(where, logps.tolist()):
+                sums[r] += lp
+        results.update((i, (sums[r], len(tails[i]))) for r, i in enumerate(chunk))
     return [results[i] for i in range(len(prompts))]
 
 
