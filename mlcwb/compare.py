@@ -12,6 +12,7 @@ import gc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -45,11 +46,23 @@ def trained_methods(run: Path, raw_model: str) -> dict[str, str]:
 
 @dataclass
 class Comparison:
-    """What each method did: judged rows, per-language metrics and utility (perplexity)."""
+    """What each method did: judged rows, per-language metrics and utility (perplexity); the
+    same for every further prompt set under ``extra[set name]``."""
 
     judged: dict[str, pd.DataFrame] = field(default_factory=dict)
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
     utility: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> lang -> perplexity
+    extra: dict[str, "Comparison"] = field(default_factory=dict)
+
+
+def _answer_and_judge(model: Any, tokenizer: Any, name: str, prompts: PromptSet, langs: Sequence[str],
+                      judge: Judge, responses: Path, into: Comparison, *, max_new_tokens: int,
+                      batch_size: int, n_boot: int) -> None:
+    frame = generate(model, tokenizer, prompts, langs, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, out_path=responses)
+    into.judged[name] = apply_judge(frame, judge)
+    save_judged(into.judged[name], judged_csv_path(responses, judge.name))
+    into.metrics[name] = language_metrics(into.judged[name], n_boot=n_boot)
 
 
 def evaluate_methods(methods: Mapping[str, str], prompts: PromptSet, langs: Sequence[str], judge: Judge,
@@ -57,25 +70,37 @@ def evaluate_methods(methods: Mapping[str, str], prompts: PromptSet, langs: Sequ
                      utility_set: PromptSet | None = None,
                      utility_answers: Mapping[str, Mapping[str, str]] | None = None,
                      utility_limit: int | None = None,
-                     device: str = "auto", prefix: str = "") -> Comparison:
-    """Generate, judge and measure every method in turn, one model in memory at a time.
+                     extra_sets: Mapping[str, tuple[PromptSet, Sequence[str]]] | None = None,
+                     device: str = "auto", dtype: str | None = None, prefix: str = "") -> Comparison:
+    """Generate, judge and measure every method in turn, one model in memory at a time, loaded
+    once for every prompt set.
 
-    Judged rows go beside the responses as ``<prefix><method>.<judge>.csv``; utility is measured
-    on ``utility_set``'s benign prompts when one is given, per language of ``utility_answers``
-    (``{lang: {prompt id: answer}}``; default: the English ``response`` only).
+    Judged rows go beside the responses as ``<prefix><method>.<judge>.csv``; ``extra_sets``
+    (``{name: (prompts, langs)}``, e.g. MultiJail) are answered by the same loaded model into
+    ``<name>_<method>.jsonl`` and reported under ``result.extra[name]``. Utility is measured on
+    ``utility_set``'s benign prompts when one is given, per language of ``utility_answers``
+    (``{lang: {prompt id: answer}}``; default: the English ``response`` only), and cached beside
+    the responses (``<prefix><method>.utility.json``), so a rerun of an unchanged model skips it.
+    ``dtype`` (e.g. ``"bfloat16"``) sets the precision of evaluation; it enters the responses'
+    resume key, so answers of two precisions never mix.
     """
     result = Comparison()
+    sets = {f"{set_name}_": (p, l) for set_name, (p, l) in (extra_sets or {}).items()}
+    for set_name in extra_sets or {}:
+        result.extra[set_name] = Comparison()
+    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot)
     for name, source in methods.items():
-        model, tokenizer = load_model(source, device=device)
-        responses = out_dir / f"{prefix}{name}.jsonl"
-        frame = generate(model, tokenizer, prompts, langs, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, out_path=responses)
-        result.judged[name] = apply_judge(frame, judge)
-        save_judged(result.judged[name], judged_csv_path(responses, judge.name))
-        result.metrics[name] = language_metrics(result.judged[name], n_boot=n_boot)
+        model, tokenizer = load_model(source, device=device, dtype=dtype)
+        _answer_and_judge(model, tokenizer, name, prompts, langs, judge,
+                          out_dir / f"{prefix}{name}.jsonl", result, **settings)
+        for file_prefix, (extra_prompts, extra_langs) in sets.items():
+            _answer_and_judge(model, tokenizer, name, extra_prompts, extra_langs, judge,
+                              out_dir / f"{file_prefix}{name}.jsonl",
+                              result.extra[file_prefix[:-1]], **settings)
         if utility_set is not None:
             result.utility[name] = utility(model, tokenizer, utility_set, utility_answers,
-                                           limit=utility_limit)
+                                           limit=utility_limit,
+                                           cache=out_dir / f"{prefix}{name}.utility.json")
         del model
         gc.collect()
     return result

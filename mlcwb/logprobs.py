@@ -9,8 +9,11 @@ one function serves both.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +21,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mlcwb.errors import ConfigError, EvaluationError
+from mlcwb.io import atomic_write_json, read_json
+from mlcwb.models import model_fingerprint
 from mlcwb.prefix import (SharedPrefix, cache_kwargs, compute_prefix, expand_cache, pack_after_prefix,
                           prompt_rows)
 
@@ -122,24 +127,35 @@ def perplexity(model: Any, tokenizer: Any, prompts: Sequence[str], references: S
 
 def utility(model: Any, tokenizer: Any, prompts: PromptSet | Sequence[Prompt],
             answers: Mapping[str, Mapping[str, str]] | None = None,
-            limit: int | None = None) -> dict[str, float]:
+            limit: int | None = None, cache: str | Path | None = None) -> dict[str, float]:
     """Perplexity of benign reference answers per language: ``{lang: perplexity}``.
 
     ``answers`` is ``{lang: {prompt id: answer}}`` (``mlcwb.data.load_corpus_answers``); the
     default is English only, each benign prompt's ``response``. Each answer is scored after the
     prompt in its own language, because alignment that damages a language shows there first. The
     numbers compare methods within a language, not languages with each other: tokenizers split
-    scripts differently. ``limit`` caps the answers scored per language.
+    scripts differently. ``limit`` caps the answers scored per language. With ``cache`` (a JSON
+    file), a result made by the same weights on the same prompts and answers is read back
+    instead of recomputed, so rerunning an evaluation of an unchanged model costs no utility.
     """
     benign = [p for p in getattr(prompts, "prompts", prompts) if not p.harmful]
     answers = answers if answers is not None else {"en": {p.id: p.response for p in benign if p.response}}
-    scores: dict[str, float] = {}
-    for lang, by_id in tqdm(answers.items(), desc="utility", unit="lang", disable=len(answers) < 2):
+    chosen: dict[str, list[tuple[str, str]]] = {}
+    for lang, by_id in answers.items():
         rows = [p for p in benign if lang in p.text and by_id.get(p.id)][:limit or None]
         if not rows:
             raise EvaluationError(f"No {lang} reference answer for any benign prompt given; pass "
                                   f"prompts with {lang} text and answers for their ids "
                                   f"(mlcwb.data.load_corpus_answers covers the dev and test splits).")
-        scores[lang] = perplexity(model, tokenizer, [p.text[lang] for p in rows],
-                                  [by_id[p.id] for p in rows])
+        chosen[lang] = [(p.text[lang], by_id[p.id]) for p in rows]
+    key = {"model": model_fingerprint(model), "pairs": hashlib.sha256(json.dumps(
+        chosen, ensure_ascii=False, sort_keys=True).encode()).hexdigest()}
+    stored = read_json(cache) if cache is not None else None
+    if isinstance(stored, dict) and stored.get("key") == key:
+        return dict(stored["perplexity"])
+    scores = {lang: perplexity(model, tokenizer, [q for q, _ in pairs], [r for _, r in pairs])
+              for lang, pairs in tqdm(chosen.items(), desc="utility", unit="lang",
+                                      disable=len(chosen) < 2)}
+    if cache is not None:
+        atomic_write_json(cache, {"key": key, "perplexity": scores})
     return scores

@@ -54,3 +54,22 @@ def test_utility_scores_each_language_after_its_own_prompt(tiny_llama):
         pytest.approx(perplexity(model, tok, ["Comment attacher un vélo ?"], ["Un antivol."]))
     with pytest.raises(EvaluationError, match="No de reference answer"):
         utility(model, tok, prompts, {"de": {"b1": "Mit einem Bügelschloss."}})
+
+
+def test_utility_cache_is_reused_for_the_same_weights_only(tiny_llama, tmp_path, monkeypatch):
+    import mlcwb.logprobs as lp
+
+    model, tok = tiny_llama
+    prompts = [Prompt("b1", {"en": "How do I lock a bike?"}, False, "theft", response="Use a U-lock.")]
+    cache = tmp_path / "raw.utility.json"
+    first = utility(model, tok, prompts, cache=cache)
+    assert cache.is_file()
+    calls = []
+    real = lp.perplexity
+    monkeypatch.setattr(lp, "perplexity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert utility(model, tok, prompts, cache=cache) == first and calls == []  # read back
+    assert utility(model, tok, prompts, {"en": {"b1": "A D-lock."}}, cache=cache) != first
+    assert len(calls) == 1  # other answers: scored again
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    assert utility(model, tok, prompts, cache=cache) != first and len(calls) == 2  # other weights
