@@ -27,6 +27,14 @@ beside it, ``aux_every`` 2) is compared with the same DPO without MLC by the sam
 MLC-only variants, with that DPO twin in place of the raw model: does the official form work
 where the paper runs it, with a small lr and the preference loss beside it?
 
+``--screen`` ranks candidates without generating: after training, one prefill per dev prompt gives
+the refusal score (``mlcwb.screen.prefill_scores``), and each language's score AUROC on harmful
+vs benign prompts stands in for discrimination. It is a screen, not a verdict: use it only in
+languages where the score's AUROC against the judge reached 0.9
+(``benchmarks/results/refusal_screen.json``), confirm the promising candidates with generation,
+and never choose from screened numbers alone (their file, ``transfer_screen.json``, records no
+choice).
+
 Results go to ``benchmarks/results/transfer_sweep.json`` one candidate at a time (a stopped sweep
 resumes with the candidates it has not recorded), and ``mlcwb.reproduce`` cites that file as the
 reason for the preset's settings.
@@ -41,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mlcwb.bench import machine_info
 from mlcwb.collapse import opening_diversity
 from mlcwb.data import load_corpus
@@ -49,7 +59,8 @@ from mlcwb.io import atomic_write_json
 from mlcwb.judges import RefusalJudge, apply_judge
 from mlcwb.models import load_model
 from mlcwb.paths import repo_root
-from mlcwb.metrics import language_metrics
+from mlcwb.metrics import language_metrics, score_auroc
+from mlcwb.screen import prefill_scores
 from mlcwb.train import train
 from mlcwb.train_config import TrainConfig
 
@@ -98,6 +109,32 @@ def evaluate(source: str, prompts, judge: RefusalJudge, max_new_tokens: int) -> 
              "top_opening": openings.loc[lang, "top_opening"],
              "collapsed": bool(openings.loc[lang, "collapsed"])}
             for lang, row in metrics.iterrows()]
+
+
+def screen(source: str, prompts, _judge: RefusalJudge, _max_new_tokens: int) -> list[dict]:
+    """Per language: the refusal score's AUROC on harmful vs benign dev prompts and the mean
+    refusal probability of each, from one prefill per prompt (no generation)."""
+    model, tok = load_model(source, device="cpu")
+    scores = prefill_scores(model, tok, prompts, LANGS, batch_size=24, progress=False)
+    del model
+    gc.collect()
+    rows = []
+    for lang, g in scores.groupby("lang", sort=False):
+        harmful = g["harmful"].astype(bool)
+        p = 1 / (1 + np.exp(-g["refusal_score"]))
+        auroc = score_auroc(g.loc[harmful, "refusal_score"].to_numpy(), g.loc[~harmful, "refusal_score"].to_numpy(),
+                            n_boot=200)
+        rows.append({"lang": lang, **{k: round(v, 1) for k, v in auroc.items()},
+                     "p_refusal_harmful": round(100 * float(p[harmful].mean()), 1),
+                     "p_refusal_benign": round(100 * float(p[~harmful].mean()), 1)})
+    return rows
+
+
+def screen_summary(rows: list[dict]) -> dict[str, float]:
+    by = {r["lang"]: r for r in rows}
+    others = [by[lang]["score_auroc"] for lang in LANGS[1:]]
+    return {"en_score_auroc": by["en"]["score_auroc"],
+            "others_score_auroc_mean": round(sum(others) / len(others), 1)}
 
 
 def score(rows: list[dict]) -> dict[str, float]:
@@ -164,8 +201,14 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--budget-s", type=float, default=480.0)
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
-    parser.add_argument("--out", default=str(repo_root() / "benchmarks" / "results" / "transfer_sweep.json"))
+    parser.add_argument("--screen", action="store_true",
+                        help="refusal-score screen (one prefill per prompt) instead of generation")
+    parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/"
+                                                    "transfer_sweep.json, or transfer_screen.json with --screen)")
     args = parser.parse_args()
+    args.out = args.out or str(repo_root() / "benchmarks" / "results" /
+                               ("transfer_screen.json" if args.screen else "transfer_sweep.json"))
+    measure, summarise = (screen, screen_summary) if args.screen else (evaluate, score)
 
     corpus = load_corpus()
     prompts = corpus.select(langs=LANGS, split="dev")
@@ -186,10 +229,10 @@ def main() -> None:
                 del result
                 gc.collect()
             train_s = time.perf_counter() - t0
-            rows = evaluate(source, prompts, judge, args.max_new_tokens)
+            rows = measure(source, prompts, judge, args.max_new_tokens)
         results[name] = {"name": name, "model": args.model, "align": settings.get("align"),
                          "settings": settings, "steps": steps, "train_s": round(train_s, 1),
-                         "total_s": round(time.perf_counter() - t0, 1), **score(rows),
+                         "total_s": round(time.perf_counter() - t0, 1), **summarise(rows),
                          "per_language": rows, "train_log": _log_summary(log)}
         print(json.dumps({k: v for k, v in results[name].items() if k != "per_language"}), flush=True)
         candidates = list(results.values())
@@ -202,8 +245,9 @@ def main() -> None:
             "setup": {"languages": LANGS, "split": "dev", "n_harmful": 24, "n_benign": 24,
                       "max_new_tokens": args.max_new_tokens, "epochs": 1, "seed": 0,
                       "judge": "RefusalJudge", "budget_s": args.budget_s},
-            "chosen": choose(candidates, args.budget_s),
-            "mlc_verdicts": mlc_verdicts(candidates),
+            "mode": "screen" if args.screen else "generate",
+            "chosen": None if args.screen else choose(candidates, args.budget_s),
+            "mlc_verdicts": {} if args.screen else mlc_verdicts(candidates),
             "machine": machine_info(), "date": time.strftime("%Y-%m-%d"),
             "candidates": candidates})
 
