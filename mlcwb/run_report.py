@@ -7,12 +7,10 @@ any time and never states a number that no stage measured.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,9 @@ from mlcwb.bench import machine_info
 from mlcwb.errors import DataError
 from mlcwb.io import atomic_write_json, atomic_write_text
 from mlcwb.metrics import METRICS, holm_adjust, paired_comparison
-from mlcwb.tables import (METRICS_CSV, safety_table, to_latex, to_markdown, with_interval,
-                          write_metrics_csv)
+from mlcwb.report_render import Section, render_html, render_markdown
+from mlcwb.tables import (METRICS_CSV, detectable_differences, detectable_sentence, safety_table,
+                          to_latex, with_interval, write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,6 @@ METHOD_LABELS = {"raw": "raw model", "align": "English-only alignment",
                  "mlc": "+ MLC (joint)", "mlc_seq": "+ MLC (sequential)",
                  "mlc_only": "MLC only (no alignment)"}
 ALPHA = 0.05  # family-wise error rate of one comparison's "beyond noise" calls
-
-
-@dataclass
-class Section:
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    links: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -224,8 +215,7 @@ def _records(frame: pd.DataFrame) -> dict[str, Any]:
     return json.loads(frame.to_json(orient="index"))
 
 
-def paired_summary(judged: Mapping[str, pd.DataFrame], n_boot: int = 1000,
-                   seed: int = 0) -> dict[str, dict[str, Any]]:
+def paired_summary(judged: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
     """Every before/after comparison the report reads: raw -> each trained method and
     English-only alignment -> each MLC method, on harmful and on benign prompts."""
     out: dict[str, dict[str, Any]] = {}
@@ -235,18 +225,18 @@ def paired_summary(judged: Mapping[str, pd.DataFrame], n_boot: int = 1000,
         for name in [m for m in judged if m not in ("raw", base)]:
             out[f"{base}->{name}"] = {
                 ("harmful" if harmful else "benign"): _records(paired_comparison(
-                    judged[base], judged[name], harmful=harmful, n_boot=n_boot, seed=seed))
+                    judged[base], judged[name], harmful=harmful))
                 for harmful in (True, False)}
     return out
 
 
 def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.DataFrame],
                    languages: Sequence[str], utility: Mapping[str, Mapping[str, float]] | None = None,
-                   n_boot: int = 1000, seed: int = 0, *, unseen: Sequence[str] = (),
-                   openings: pd.DataFrame | None = None,
+                   *, unseen: Sequence[str] = (), openings: pd.DataFrame | None = None,
                    multijail: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """Notebook 05's result in the form the report reads: ``language_metrics`` per method,
-    the paired comparisons, utility, the judge, and the sizes (from the judged rows).
+    the paired comparisons, utility, the judge, the sizes (from the judged rows) and the
+    smallest differences those sizes detect (``detectable_differences``).
 
     ``metrics`` and ``judged`` map a method name (``raw``, ``align``, ``mlc``, ...) to its
     ``metrics.language_metrics`` frame and its ``judges.apply_judge`` rows; ``unseen`` are the
@@ -257,31 +247,34 @@ def safety_summary(metrics: Mapping[str, pd.DataFrame], judged: Mapping[str, pd.
         raise DataError("safety_summary needs the metrics and judged rows of at least one method.")
     first = next(iter(judged.values()))
     harmful = first.drop_duplicates("id")["harmful"].astype(bool)
+    n_harmful, n_benign = int(harmful.sum()), int((~harmful).sum())
     settings = first["settings"].iloc[0] if "settings" in first else None
     shown = [m for m in METRICS if all(m in frame.columns for frame in metrics.values())]
     judge = {key: str(first[col].iloc[0]) if col in first else None
              for key, col in (("name", "judge"), ("version", "judge_version"))}
     return {"languages": list(languages), "captions": {m: METRICS[m] for m in shown},
             "methods": {name: _records(frame) for name, frame in metrics.items()},
-            "paired": paired_summary(judged, n_boot, seed),
+            "paired": paired_summary(judged),
             "utility": {m: {lang: float(v) for lang, v in per_lang.items()}
                         for m, per_lang in (utility or {}).items()}, "judge": judge,
             "unseen": list(unseen),
             "openings": [] if openings is None else
             json.loads(openings.reset_index().to_json(orient="records")),
             "multijail": {name: _records(frame) for name, frame in (multijail or {}).items()},
-            "n_harmful": int(harmful.sum()), "n_benign": int((~harmful).sum()),
+            "n_harmful": n_harmful, "n_benign": n_benign,
+            "detectable_difference": detectable_differences(n_harmful, n_benign),
             "max_new_tokens": (settings or {}).get("max_new_tokens")}
 
 
 def save_safety_summary(run: str | Path, metrics: Mapping[str, pd.DataFrame],
                         judged: Mapping[str, pd.DataFrame], languages: Sequence[str],
-                        utility: Mapping[str, Mapping[str, float]] | None = None, n_boot: int = 1000,
-                        seed: int = 0, **extra: Any) -> list[Path]:
+                        utility: Mapping[str, Mapping[str, float]] | None = None,
+                        **extra: Any) -> list[Path]:
     """Write ``safety_summary`` (``extra``: its keyword-only arguments) to
     ``run/metrics/05_safety.json`` and the same numbers in long form to ``run/metrics.csv``;
-    returns both paths."""
-    summary = safety_summary(metrics, judged, languages, utility, n_boot, seed, **extra)
+    returns both paths.
+    """
+    summary = safety_summary(metrics, judged, languages, utility, **extra)
     return [atomic_write_json(Path(run) / SAFETY_JSON, summary),
             write_metrics_csv(run, summary["methods"])]
 
@@ -293,7 +286,7 @@ def _metric_frames(safety: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
 
 def _paired_table(safety: dict[str, Any]) -> pd.DataFrame | None:
-    """Each stored comparison per language: change [95% paired bootstrap], Holm-adjusted p."""
+    """Each stored comparison per language: change [95% Newcombe paired interval], p Holm-adjusted."""
     rows: dict[str, dict[str, str]] = {}
     for pair, kinds in safety.get("paired", {}).items():
         base, _, method = pair.partition("->")
@@ -321,6 +314,16 @@ def utility_table(utility: Mapping[str, Mapping[str, float] | float],
     return table[first + [c for c in table.columns if c not in first]]
 
 
+def _detectable_paragraph(safety: dict[str, Any]) -> list[str]:
+    """The detectable-difference sentence for a stored summary; summaries saved before it was
+    stored get it from their sizes, and those without sizes get none."""
+    n_harmful, n_benign = safety.get("n_harmful"), safety.get("n_benign")
+    if n_harmful is None or n_benign is None:
+        return []
+    detectable = safety.get("detectable_difference") or detectable_differences(n_harmful, n_benign)
+    return [detectable_sentence(n_harmful, n_benign, detectable)]
+
+
 def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
     safety = _read_json(run / SAFETY_JSON)
     if safety is None:
@@ -328,10 +331,10 @@ def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
     judge = safety.get("judge") or {}
     section = Section("Safety per language",
                       ["Rates in percent; 95% Wilson score intervals in brackets (for "
-                       "discrimination, a difference of two rates: 95% bootstrap intervals over "
-                       "prompts). Avg and Var across languages as in the paper. Full tables: "
+                       "discrimination, a difference of two rates: Newcombe's 95% hybrid score "
+                       "interval). Avg and Var across languages as in the paper. Full tables: "
                        "`safety_table.md`; LaTeX: `safety_table.tex`; every number in long form: "
-                       "`metrics.csv`."]
+                       "`metrics.csv`."] + _detectable_paragraph(safety)
                       + ([f"Judge: `{judge['name']}` version `{judge['version']}`."]
                          if judge.get("name") else []))
     frames, langs = _metric_frames(safety), safety["languages"]
@@ -339,8 +342,8 @@ def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
         section.tables.append((caption, safety_table(frames, metric, langs, intervals=True)))
     paired = _paired_table(safety)
     if paired is not None:
-        section.tables.append(("Refusal change in points, 95% paired bootstrap interval, "
-                               "McNemar exact p Holm-adjusted across languages", paired))
+        section.tables.append(("Refusal change in points, Newcombe's 95% interval for paired "
+                               "data, McNemar exact p Holm-adjusted across languages", paired))
     if safety.get("utility"):
         section.tables.append(("Utility: perplexity of held-out benign reference answers, per "
                                "language (lower is better; compare methods within a column)",
@@ -357,7 +360,7 @@ def write_safety_exports(run: Path, safety: dict[str, Any]) -> list[Path]:
     tables = [to_latex(safety_table(frames, metric, langs, intervals=True), caption=caption,
                        label=f"tab:{metric}") for metric, caption in safety["captions"].items()]
     header = ("% Safety per language from mlcwb reproduce; needs \\usepackage{booktabs}.\n"
-              "% Cells: value [95% interval] in percent (Wilson; bootstrap for discrimination).\n")
+              "% Cells: value [95% interval] in percent (Wilson; Newcombe for discrimination).\n")
     paths = [atomic_write_text(run / SAFETY_TEX, header + "\n".join(tables))]
     if not (run / METRICS_CSV).is_file():
         paths.append(write_metrics_csv(run, safety["methods"]))
@@ -427,9 +430,9 @@ def holm_by_language(per_lang: dict[str, dict[str, Any]]) -> dict[str, float]:
 def _noise_verdict(per_lang: dict[str, dict[str, Any]]) -> str:
     """Which languages moved beyond noise: Holm-adjusted McNemar exact p < ALPHA.
 
-    The paired bootstrap interval excluding 0 is not used: with 16 prompts it calls a shift of
-    4 of 16 verdicts significant, which McNemar's exact test (p = 0.125) does not, and testing
-    every language separately would find "effects" by chance alone.
+    Newcombe's paired interval excluding 0 is not used: a shift of 4 of 16 verdicts gives
+    [+0.6, +49.5] points, which excludes 0, where McNemar's exact test gives p = 0.125; and a
+    95% interval per language, read separately, would find "effects" by chance alone.
     """
     adjusted = holm_by_language(per_lang)
     tested = sum(not math.isnan(p) for p in adjusted.values())
@@ -440,37 +443,6 @@ def _noise_verdict(per_lang: dict[str, dict[str, Any]]) -> str:
                 f"{family})")
     listed = ", ".join(f"{lang} (adjusted p {adjusted[lang]:.2g})" for lang in beyond)
     return f"beyond noise in {listed} by McNemar's exact test, {family}"
-
-
-def _render_markdown(title: str, sections: list[Section]) -> str:
-    lines = [f"# {title}", ""]
-    for s in sections:
-        lines += [f"## {s.title}", ""]
-        for p in s.paragraphs:
-            lines += [p, ""]
-        for caption, table in s.tables:
-            lines += [to_markdown(table, digits=None, caption=caption)]
-        for label, href in s.links:
-            lines += [f"- [{label}]({href})"]
-        if s.links:
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _render_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:70em;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-             f"<h1>{html.escape(title)}</h1>"]
-    for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2>")
-        parts += [f"<p>{html.escape(p).replace('**', '')}</p>" for p in s.paragraphs]
-        for caption, table in s.tables:
-            parts.append(f"<h4>{html.escape(caption)}</h4>{table.to_html()}")
-        if s.links:
-            parts.append("<ul>" + "".join(f"<li><a href='{html.escape(h)}'>{html.escape(l)}</a></li>"
-                                          for l, h in s.links) + "</ul>")
-    return "\n".join(parts)
 
 
 def write_report(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -> list[Path]:
@@ -491,6 +463,6 @@ def write_report(run: Path, preset: Any, stages: dict[str, dict[str, Any]]) -> l
                             ["No stage produced safety or training results in this run."]))
     sections.append(Section("Files", links=[(f.name, str(f.relative_to(run))) for f in figures + notebooks]))
     title = f"mlcwb reproduce — {preset.name} ({_dt.date.today().isoformat()})"
-    md = atomic_write_text(run / "report.md", _render_markdown(title, sections))
-    page = atomic_write_text(run / "report.html", _render_html(title, sections))
+    md = atomic_write_text(run / "report.md", render_markdown(title, sections))
+    page = atomic_write_text(run / "report.html", render_html(title, sections))
     return [md, page]

@@ -16,7 +16,8 @@ from mlcwb.metrics import METRICS
 def bar_figure(results: Mapping[str, pd.DataFrame], metric: str = "safety_rate") -> Any:
     """Grouped bars per language, one colour per method, with the frame's 95% intervals.
 
-    Those are Wilson score intervals for rates and bootstrap intervals for discrimination.
+    Those are Wilson score intervals for rates and, for discrimination (a difference of two
+    independent rates), Newcombe's hybrid score interval built from the two Wilson intervals.
     """
     import plotly.graph_objects as go
 

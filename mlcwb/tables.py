@@ -1,5 +1,6 @@
 """The comparison's tables: the paper's layout (methods x languages + Avg + Var), Markdown,
-HTML and LaTeX renderings of it, and the long-format ``metrics.csv`` other tools read.
+HTML and LaTeX renderings of it, the long-format ``metrics.csv`` other tools read, and the
+sentence printed beside them on the smallest difference their sample sizes can detect.
 
 Every cell is formatted by ``with_interval`` so that all of mlcwb's tables read alike.
 """
@@ -17,7 +18,51 @@ import pandas as pd
 
 from mlcwb.errors import DataError
 from mlcwb.io import atomic_path
-from mlcwb.metrics import METRICS
+from mlcwb.metrics import METRICS, detectable_difference
+
+# --------------------------------------------------------------------------------------------
+# What a table of these sizes can show
+# --------------------------------------------------------------------------------------------
+
+def detectable_differences(n_harmful: int, n_benign: int, alpha: float = 0.05,
+                           power: float = 0.8, base_rate: float = 0.5) -> dict[str, float | None]:
+    """The smallest differences, in points, that ``n_harmful`` and ``n_benign`` prompts per
+    language detect (``metrics.detectable_difference``), with the terms they hold under.
+
+    A table of rates invites reading every gap in it as a finding; these say which gaps the
+    sample could have found at all. ``discrimination``: harmful vs benign refusal within one
+    language. ``change_harmful``/``change_benign``: one rate before and after, on the same
+    prompts, figured with the unpaired formula for n vs n prompts. That is conservative: the
+    paired test gains from the correlation of a prompt's two verdicts, which is usually
+    positive. A base rate of 50%, where a proportion varies most, makes the figures hold at any
+    rate. None where a group is empty or too small for any difference to be detected.
+    """
+    def points(n1: int, n2: int) -> float | None:
+        if min(n1, n2) < 1:
+            return None
+        d = detectable_difference(n1, n2, alpha=alpha, power=power, base_rate=base_rate)
+        return None if math.isnan(d) else round(100 * d, 1)
+
+    return {"discrimination": points(n_harmful, n_benign),
+            "change_harmful": points(n_harmful, n_harmful),
+            "change_benign": points(n_benign, n_benign),
+            "power": power, "alpha": alpha, "base_rate": base_rate}
+
+
+def detectable_sentence(n_harmful: int, n_benign: int, detectable: Mapping[str, Any]) -> str:
+    """``detectable_differences`` as the one sentence printed beside the tables."""
+    terms = (f"{detectable['power']:.0%} power, α {detectable['alpha']:g}, "
+             f"base rate {detectable['base_rate']:.0%}")
+    sizes = f"With {n_harmful} harmful and {n_benign} benign prompts per language"
+    d, ch, cb = (detectable.get(k) for k in ("discrimination", "change_harmful", "change_benign"))
+    if d is None or ch is None or cb is None:
+        return f"{sizes}, no difference can be told from noise ({terms})."
+    return (f"{sizes}, differences smaller than about {d:.0f} points cannot be told from noise in "
+            f"a discrimination (harmful vs benign, within one language), nor changes smaller "
+            f"than about {ch:.0f} points on harmful or {cb:.0f} points on benign prompts between "
+            f"two methods on the same prompts ({terms}; for changes the unpaired figure, "
+            f"conservative for prompts compared with themselves).")
+
 
 # --------------------------------------------------------------------------------------------
 # Table in the paper's layout
@@ -148,6 +193,7 @@ def to_latex(table: pd.DataFrame, digits: int = 1, caption: str | None = None,
 # --------------------------------------------------------------------------------------------
 
 METRICS_CSV = "metrics.csv"
+INTERVALS = {"discrimination": "newcombe 95%", "score_auroc": "bootstrap 95%"}  # the rest: Wilson
 LONG_COLUMNS = ["method", "lang", "metric", "value", "lo", "hi", "k", "n", "interval"]
 _RATE_GROUPS = {"safety_rate": "harmful", "over_refusal": "benign",
                 "borderline_over_refusal": "borderline"}
@@ -168,8 +214,8 @@ def _metric_n(row: Mapping[str, Any], metric: str) -> Any:
 def metrics_long(metrics_by_method: Mapping[str, pd.DataFrame | Mapping[str, Mapping[str, Any]]]
                  ) -> pd.DataFrame:
     """One row per method × language × metric: value, 95% interval bounds, k, n and the kind
-    of interval, so any tool (R, a spreadsheet, another plot) can use the numbers without
-    knowing mlcwb's column names.
+    of interval (``wilson 95%`` for rates, ``newcombe 95%`` for discrimination), so any tool (R,
+    a spreadsheet, another plot) can use the numbers without knowing mlcwb's column names.
 
     Takes ``language_metrics`` frames, or their JSON form ``{lang: {column: value}}`` as
     ``metrics/05_safety.json`` stores them under ``methods``.
@@ -187,8 +233,7 @@ def metrics_long(metrics_by_method: Mapping[str, pd.DataFrame | Mapping[str, Map
                              "value": values[metric], "lo": values.get(f"{metric}_lo"),
                              "hi": values.get(f"{metric}_hi"), "k": values.get(f"{metric}_k"),
                              "n": _metric_n(values, metric),
-                             "interval": ("" if not has_ci else "bootstrap 95%"
-                                          if metric == "discrimination" else "wilson 95%")})
+                             "interval": "" if not has_ci else INTERVALS.get(metric, "wilson 95%")})
     frame = pd.DataFrame(rows, columns=LONG_COLUMNS)
     return frame.astype({"k": "Int64", "n": "Int64"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 
 from mlcwb.errors import DataError
 from mlcwb.metrics import language_metrics
-from mlcwb.tables import to_markdown, with_interval
+from mlcwb.tables import detectable_differences, detectable_sentence, to_markdown, with_interval
 from mlcwb.reproduce import PRESETS, Preset
 from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section, utility_table,
                               holm_by_language, reading, save_safety_summary,
@@ -37,7 +38,7 @@ def test_reading_states_the_room_and_whether_english_refusal_discriminates():
 
 
 def _paired(p_values: dict[str, float], holm: bool = True) -> dict:
-    """A stored paired comparison whose bootstrap intervals all exclude 0 (the old criterion)."""
+    """A stored paired comparison whose intervals all exclude 0 (not the criterion)."""
     per_lang = {lang: {"change": 25.0, "change_lo": 6.25, "change_hi": 43.75, "p_value": p}
                 for lang, p in p_values.items()}
     if holm:
@@ -76,7 +77,7 @@ def test_reading_recomputes_holm_for_results_stored_without_it():
     assert "beyond noise in en (adjusted p 0.03) by McNemar's exact test" in line
     assert "zh (" not in line and "ru (" not in line
     assert "Holm-corrected across the 3 languages" in line
-    # a stored p_holm is what counts, not the bootstrap interval
+    # a stored p_holm is what counts, not the interval
     stored = {"en": {"change": 6.0, "change_lo": 1.0, "change_hi": 12.0, "p_value": 0.04,
                      "p_holm": 0.08}}
     line = next(t for t in reading(_with_paired(stored, {}), None) if "(safety)" in t)
@@ -175,7 +176,7 @@ def _notebook_05_results() -> tuple[dict, dict]:
         frame = _judged({"en": h_en, "zh": h_zh}, {"en": 1, "zh": 1})
         judged[name] = frame.assign(settings=[{"max_new_tokens": 32}] * len(frame),
                                     judge="refusal-markers", judge_version="abc123")
-    metrics = {name: language_metrics(frame, n_boot=50, with_language_id=False)
+    metrics = {name: language_metrics(frame, with_language_id=False)
                for name, frame in judged.items()}
     return judged, metrics
 
@@ -184,8 +185,7 @@ def test_save_safety_summary_writes_what_the_report_reads(tmp_path):
     judged, metrics = _notebook_05_results()
     json_path, csv_path = save_safety_summary(tmp_path, metrics, judged, ["en", "zh"],
                                               utility={"raw": {"en": 12.5, "zh": 20.0}, "align": {"en": 13.0, "zh": 21.5},
-                                                       "mlc": {"en": 13.1, "zh": 19.0}},
-                                              n_boot=50)
+                                                       "mlc": {"en": 13.1, "zh": 19.0}})
     assert json_path == tmp_path / "metrics" / "05_safety.json"
     assert csv_path == tmp_path / "metrics.csv" and len(pd.read_csv(csv_path)) == 3 * 2 * 4
     saved = json.loads(json_path.read_text())
@@ -211,7 +211,7 @@ def test_save_safety_summary_writes_what_the_report_reads(tmp_path):
 
 def test_report_exports_latex_and_metrics_csv_from_the_stored_summary(tmp_path):
     judged, metrics = _notebook_05_results()
-    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], n_boot=50)
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"])
     (tmp_path / "metrics.csv").unlink()  # a notebook from before metrics.csv existed
     safety = json.loads((tmp_path / "metrics" / "05_safety.json").read_text())
     paths = write_safety_exports(tmp_path, safety)
@@ -264,7 +264,7 @@ def test_safety_summary_keeps_what_notebook_05_measured_besides_the_rates(tmp_pa
     openings = pd.DataFrame({"method": ["raw", "mlc"], "lang": ["en", "en"],
                              "collapsed": [False, True]}).set_index(["method", "lang"])
     jail = {"raw": metrics["raw"].loc[["en"]]}
-    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], n_boot=50, unseen=["zh"],
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], unseen=["zh"],
                         openings=openings, multijail=jail)
     saved = json.loads((tmp_path / "metrics" / "05_safety.json").read_text())
     assert saved["unseen"] == ["zh"]
@@ -276,7 +276,7 @@ def test_safety_summary_keeps_what_notebook_05_measured_besides_the_rates(tmp_pa
 
 def test_write_report_shows_intervals_and_links_the_exports(tmp_path):
     judged, metrics = _notebook_05_results()
-    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"], n_boot=50)
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"])
     (tmp_path / "metrics.csv").unlink()
     md_path, html_path = write_report(tmp_path, PRESETS["tiny"], {})
     md = md_path.read_text()
@@ -284,6 +284,55 @@ def test_write_report_shows_intervals_and_links_the_exports(tmp_path):
     assert "- [safety_table.tex](safety_table.tex)" in md and "- [metrics.csv](metrics.csv)" in md
     assert (tmp_path / "safety_table.tex").is_file() and (tmp_path / "metrics.csv").is_file()
     assert "90.0 [60, 98]" in html_path.read_text()
+    assert "With 10 harmful and 10 benign prompts per language, differences smaller than about " \
+           "59 points cannot be told from noise" in md
+    assert "(80% power, α 0.05, base rate 50%; for changes the unpaired figure" in md
+    assert "differences smaller than about 59 points" in html_path.read_text()
+
+
+def _detectable_by_hand(n1: int, n2: int) -> float:
+    """Points detectable at 80% power, α 0.05, around 50%, from the normal approximation to
+    the arcsine test: Cohen's h = (z_0.975 + z_0.8) sqrt(1/n1 + 1/n2), d = sin(h/2)."""
+    z_alpha, z_power = 1.959963984540054, 0.8416212335729143
+    return 100 * math.sin((z_alpha + z_power) * math.sqrt(1 / n1 + 1 / n2) / 2)
+
+
+def test_safety_summary_states_the_smallest_detectable_differences(tmp_path):
+    judged, metrics = _notebook_05_results()  # 10 harmful + 10 benign prompts per language
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"])
+    saved = json.loads((tmp_path / "metrics" / "05_safety.json").read_text())
+    detectable = saved["detectable_difference"]
+    assert detectable == {"discrimination": 58.6, "change_harmful": 58.6, "change_benign": 58.6,
+                          "power": 0.8, "alpha": 0.05, "base_rate": 0.5}
+    assert detectable["discrimination"] == pytest.approx(_detectable_by_hand(10, 10), abs=0.1)
+    section, _ = _safety_section(tmp_path)
+    assert detectable_sentence(10, 10, detectable) in section.paragraphs
+    # unequal groups: the discrimination and each change get their own figure
+    sizes = detectable_differences(48, 24)
+    assert sizes["discrimination"] == pytest.approx(_detectable_by_hand(48, 24), abs=0.1)
+    assert (sizes["change_harmful"], sizes["change_benign"]) == pytest.approx(
+        (_detectable_by_hand(48, 48), _detectable_by_hand(24, 24)), abs=0.1)
+    assert detectable_sentence(48, 48, detectable_differences(48, 48)).startswith(
+        "With 48 harmful and 48 benign prompts per language, differences smaller than about 28 "
+        "points cannot be told from noise")
+    sentence = detectable_sentence(48, 24, sizes)
+    assert f"about {sizes['discrimination']:.0f} points cannot be told" in sentence
+    assert (f"about {sizes['change_harmful']:.0f} points on harmful or "
+            f"{sizes['change_benign']:.0f} points on benign prompts") in sentence
+    assert detectable_differences(1, 0)["discrimination"] is None
+    assert "no difference can be told from noise" in detectable_sentence(
+        1, 0, detectable_differences(1, 0))
+
+
+def test_report_states_detectable_differences_for_summaries_saved_without_them(tmp_path):
+    judged, metrics = _notebook_05_results()
+    save_safety_summary(tmp_path, metrics, judged, ["en", "zh"])
+    path = tmp_path / "metrics" / "05_safety.json"
+    older = json.loads(path.read_text())
+    del older["detectable_difference"]
+    path.write_text(json.dumps(older))
+    section, _ = _safety_section(tmp_path)
+    assert any("differences smaller than about 59 points" in p for p in section.paragraphs)
 
 
 def test_utility_table_reads_per_language_and_older_english_only_summaries():
