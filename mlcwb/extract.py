@@ -13,7 +13,8 @@ This module owns that reading:
   layer, which positions", shared by the two forward paths below.
 * ``extract`` (forward path 1) runs prompts through the model's backbone only (no LM head, no
   logits), stops after the deepest requested block, sorts prompts by length so batches carry
-  little padding, and caches the result in a run directory.
+  little padding, runs the prefix all prompts share once (causal decoder-only models), pools
+  several ways from the same forwards, and caches each pooling in a run directory.
 * ``prompt_states`` (forward path 2, training's MLC term) keeps gradients and reads one layer; with
   ``bucketed`` it runs the prefix every row shares once and the rest in length buckets
   (``length_buckets``, ``shared_prefix``; ``computed_positions`` counts what it costs).
@@ -31,9 +32,10 @@ import inspect
 import json
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +45,8 @@ from mlcwb.errors import CacheError, ConfigError, ExtractionError, LanguageError
 from mlcwb.io import atomic_write_bytes, atomic_write_json
 from mlcwb.models import (encode_prompts, format_prompt, model_fingerprint, resolve_device,
                           uses_chat_template)
+from mlcwb.prefix import (MIN_PREFIX, cache_kwargs, common_prefix, expand_cache, pack_after_prefix,
+                          prefix_cache)
 
 if TYPE_CHECKING:
     from mlcwb.data import PromptSet
@@ -268,6 +272,7 @@ class Backbone:
     blocks: torch.nn.ModuleList
     n_layers: int
     takes_position_ids: bool
+    causal: bool  # decoder-only, causal attention: a shared prefix's keys/values fit every row
 
 
 def backbone(model: Any) -> Backbone:
@@ -296,7 +301,9 @@ def backbone(model: Any) -> Backbone:
             f"transformers config with num_hidden_layers and a decoder (get_decoder()/.model) or "
             f"encoder (get_encoder()) holding that many blocks in an nn.ModuleList.")
     params = inspect.signature(module.forward).parameters
-    return Backbone(module, blocks, n_layers, "position_ids" in params)
+    causal = not getattr(config, "is_encoder_decoder", False) and \
+        getattr(text_config, "is_causal", True)
+    return Backbone(module, blocks, n_layers, "position_ids" in params, bool(causal))
 
 
 def num_layers(model: Any) -> int:
@@ -338,16 +345,23 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 # Forward path 1, extraction: no gradients, stop after the deepest requested block
 # --------------------------------------------------------------------------------------------
 
-def _forward_states(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    layers: list[int]) -> dict[int, torch.Tensor]:
-    """Run the backbone on one batch, return ``{layer: (batch, seq, dim)}``, exiting early.
+def _hidden(output: Any) -> torch.Tensor:
+    """The hidden states in a block's output (a tensor or a tuple) or the stack's (a ModelOutput)."""
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return getattr(output, "last_hidden_state", output)
+
+
+@contextmanager
+def _capturing(bb: Backbone, layers: list[int], stop: bool) -> Iterator[dict[int, torch.Tensor]]:
+    """Hooks that fill ``{layer: (batch, seq, dim)}`` while the backbone runs; with ``stop`` the
+    forward is cut short (``_StopForward``) after the deepest requested block.
 
     Index 0 is read as the input of block 1 (so model-specific embedding scaling is included), index
     ``i < n`` as the output of block ``i``, index ``n`` as the backbone's final (normed) output.
     """
     captured: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
-    handles = []
+    deepest = max(layers) if stop else None
 
     def pre_hook(_module, args, kwargs):
         captured[0] = args[0] if args else kwargs["hidden_states"]
@@ -356,29 +370,45 @@ def _forward_states(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch
 
     def post_hook(index: int):
         def hook(_module, _args, output):
-            captured[index] = output[0] if isinstance(output, (tuple, list)) else output
-            if index == deepest:
+            captured[index] = _hidden(output)
+            if index == deepest and index < bb.n_layers:
                 raise _StopForward
         return hook
 
+    handles = []
     if 0 in layers:
         handles.append(bb.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
     for index in layers:
-        if 1 <= index < bb.n_layers:
-            handles.append(bb.blocks[index - 1].register_forward_hook(post_hook(index)))
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if bb.takes_position_ids:
-        kwargs["position_ids"] = position_ids(attention_mask)
-    if "use_cache" in inspect.signature(bb.module.forward).parameters:
-        kwargs["use_cache"] = False
+        if index >= 1:
+            module = bb.module if index == bb.n_layers else bb.blocks[index - 1]
+            handles.append(module.register_forward_hook(post_hook(index)))
     try:
-        out = bb.module(**kwargs)
-        captured[bb.n_layers] = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
-    except _StopForward:
-        pass
+        yield captured
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _forward_states(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    layers: list[int], positions: torch.Tensor | None = None,
+                    past: Any = None) -> dict[int, torch.Tensor]:
+    """Run the backbone on one batch, return ``{layer: (batch, seq, dim)}``, exiting early.
+
+    With ``past`` (keys/values of a shared prefix), ``input_ids`` are the tokens after the prefix,
+    ``attention_mask`` covers prefix and tokens, and ``positions`` continue after the prefix.
+    """
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if bb.takes_position_ids:
+        kwargs["position_ids"] = position_ids(attention_mask) if positions is None else positions
+    if "use_cache" in inspect.signature(bb.module.forward).parameters:
+        kwargs["use_cache"] = past is not None
+    if past is not None:
+        kwargs.update(cache_kwargs(bb.module, past))
+    with _capturing(bb, layers, stop=True) as captured:
+        try:
+            bb.module(**kwargs)
+        except _StopForward:
+            pass
     return captured
 
 
@@ -389,29 +419,110 @@ def _trim(enc: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tens
     return {k: v[:, keep] for k, v in sub.items()}
 
 
+@dataclass
+class _Prefix:
+    """The leading tokens every prompt of one ``extract`` call shares, run once.
+
+    ``rows``/``content`` are each prompt's unpadded tokens and content flags, to be packed after
+    the prefix; ``sums`` holds, per requested layer, the float32 sum of the prefix's states, which
+    ``mean`` pooling adds to each row's own sum (the prefix's tokens are part of every prompt).
+    """
+
+    length: int
+    cache: Any
+    rows: list[list[int]]
+    content: list[list[int]]
+    sums: dict[int, torch.Tensor]
+
+
+def _extraction_prefix(bb: Backbone, enc: dict[str, torch.Tensor], layers: list[int],
+                       poolings: list[str], device: torch.device) -> _Prefix | None:
+    """The shared prefix of all prompts with its keys/values, or ``None`` where reusing it would
+    not be exact or not pay: an encoder (attends both ways), a stack without ``position_ids``
+    (positions could not skip the padding), or fewer than ``MIN_PREFIX`` shared tokens.
+
+    The prefix stops before every row's first content token and last token (``common_prefix``),
+    so the positions ``last``, ``content_last`` and ``content_mean`` read are each row's own. It
+    runs through every block (``prefix_cache`` returns a whole stack's keys/values), once per call:
+    a few dozen tokens, against the early exit the batches keep.
+    """
+    if not (bb.causal and bb.takes_position_ids):
+        return None
+    real = enc["attention_mask"].bool()
+    rows = [ids[keep].tolist() for ids, keep in zip(enc["input_ids"], real)]
+    content = [flags[keep].tolist() for flags, keep in zip(enc["content_mask"], real)]
+    first_content = min(flags.index(1) if 1 in flags else len(flags) for flags in content)
+    length = min(common_prefix(rows), first_content)
+    if length < MIN_PREFIX:
+        return None
+    with _capturing(bb, layers if "mean" in poolings else [], stop=False) as captured:
+        cache = prefix_cache(bb.module, rows[0][:length], device)
+    if cache is None:
+        return None
+    sums = {layer: states[0].sum(dim=0, dtype=torch.float32) for layer, states in captured.items()}
+    log.info("running the %d-token prefix shared by all %d prompts once", length, len(rows))
+    return _Prefix(length, cache, rows, content, sums)
+
+
+def _batch_states(bb: Backbone, enc: dict[str, torch.Tensor], rows: list[int], layers: list[int],
+                  device: torch.device, prefix: _Prefix | None, padding_side: str,
+                  pad_id: int) -> tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]:
+    """``({layer: states}, masks)`` of one batch; after a prefix, of the tokens after it only.
+
+    After a prefix each row is ``[prefix][pads][own]`` (left) or ``[prefix][own][pads]``, and its
+    positions count from the full mask, so every token sees what it would see in the whole prompt.
+    """
+    if prefix is None:
+        batch = {k: v.to(device) for k, v in _trim(enc, rows).items()}
+        return _forward_states(bb, batch["input_ids"], batch["attention_mask"], layers), batch
+    n = prefix.length
+    ids, mask = pack_after_prefix([prefix.rows[r] for r in rows], n, pad_id, padding_side)
+    # content flags packed like the tokens (their first n entries are 0 in every row)
+    content, _ = pack_after_prefix([prefix.content[r] for r in rows], n, 0, padding_side)
+    ids, mask, content = ids.to(device), mask.to(device), content.to(device)
+    past = expand_cache(prefix.cache, len(rows), bb.module.config)
+    states = _forward_states(bb, ids[:, n:], mask, layers, position_ids(mask)[:, n:], past)
+    return states, {"input_ids": ids[:, n:], "attention_mask": mask[:, n:],
+                    "content_mask": content[:, n:]}
+
+
+def _pool(hidden: torch.Tensor, batch: dict[str, torch.Tensor], pooling: str,
+          prefix: _Prefix | None, layer: int) -> torch.Tensor:
+    """``pool_hidden`` over the batch's positions; after a prefix, ``mean`` also counts the
+    prefix's tokens (their summed states at ``layer``), as if the whole prompt had run."""
+    if pooling != "mean" or prefix is None:
+        return pool_hidden(hidden, batch["attention_mask"], pooling, batch["content_mask"])
+    mask = batch["attention_mask"].bool()
+    summed = hidden.masked_fill(~mask.unsqueeze(-1), 0).sum(dim=1, dtype=torch.float32)
+    counts = mask.sum(dim=1, keepdim=True).to(torch.float32) + prefix.length
+    return ((summed + prefix.sums[layer]) / counts).to(hidden.dtype)
+
+
 def _pooled_states(bb: Backbone, tokenizer: Any, texts: list[str], layers: list[int],
-                   pooling: str, chat_template: bool, batch_size: int, device: torch.device,
-                   padding_side: str, progress: bool) -> np.ndarray:
-    """``(n_texts, n_layers, dim)`` float32, computed in length-sorted batches."""
+                   poolings: list[str], chat_template: bool, batch_size: int, device: torch.device,
+                   padding_side: str, progress: bool,
+                   reuse_prefix: bool) -> tuple[dict[str, np.ndarray], int]:
+    """``{pooling: (n_texts, n_layers, dim)}`` float32 from one pass of length-sorted batches,
+    and the length of the shared prefix run once for all of them (0: none)."""
     enc = encode_with_content(tokenizer, texts, chat_template=chat_template,
                               padding_side=padding_side)
     enc = {k: enc[k] for k in ("input_ids", "attention_mask", "content_mask")}
     lengths = enc["attention_mask"].sum(dim=1).tolist()
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
-    out: np.ndarray | None = None
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
+        prefix = _extraction_prefix(bb, enc, layers, poolings, device) if reuse_prefix else None
         for rows in tqdm(batches, desc="extract", unit="batch", disable=not progress):
-            batch = {k: v.to(device) for k, v in _trim(enc, rows).items()}
-            states = _forward_states(bb, batch["input_ids"], batch["attention_mask"], layers)
-            pooled = torch.stack([pool_hidden(states[layer], batch["attention_mask"], pooling,
-                                              batch["content_mask"]) for layer in layers], dim=1)
-            pooled = pooled.float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(texts), len(layers), pooled.shape[-1]), dtype=np.float32)
-            out[rows] = pooled
-    assert out is not None
-    return out
+            states, batch = _batch_states(bb, enc, rows, layers, device, prefix, padding_side,
+                                          tokenizer.pad_token_id)
+            for pooling in poolings:
+                pooled = torch.stack([_pool(states[layer], batch, pooling, prefix, layer)
+                                      for layer in layers], dim=1).float().cpu().numpy()
+                if pooling not in out:
+                    out[pooling] = np.empty((len(texts),) + pooled.shape[1:], dtype=np.float32)
+                out[pooling][rows] = pooled
+    return out, prefix.length if prefix is not None else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +586,7 @@ def _layer_states(bb: Backbone, index: int, input_ids: torch.Tensor, attention_m
     if bb.takes_position_ids:
         kwargs["position_ids"] = positions
     if past is not None:
-        kwargs["past_key_values"] = past
+        kwargs.update(cache_kwargs(bb.module, past))
     out = bb.module(**kwargs)
     return out.last_hidden_state if index == bb.n_layers else out.hidden_states[index]
 
@@ -511,8 +622,7 @@ def _prefix_cache(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch.T
     prefix = shared_prefix(input_ids, attention_mask, content_mask)
     if not prefix:
         return 0, None
-    cached = bb.module(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
-                       use_cache=True).past_key_values
+    cached = prefix_cache(bb.module, input_ids[0, :prefix].tolist(), input_ids.device)
     return (prefix, cached) if cached is not None else (0, None)
 
 
@@ -520,8 +630,6 @@ def _bucketed_states(model: Any, bb: Backbone, index: int, input_ids: torch.Tens
                      attention_mask: torch.Tensor, pooling: str,
                      content_mask: torch.Tensor | None) -> torch.Tensor:
     """``prompt_states`` after a shared prefix, in length buckets, rows back in input order."""
-    from transformers import DynamicCache
-
     prefix, cached = _prefix_cache(bb, input_ids, attention_mask, content_mask)
     groups = length_buckets((attention_mask.sum(-1) - prefix).tolist())
     parts = []
@@ -529,11 +637,7 @@ def _bucketed_states(model: Any, bb: Backbone, index: int, input_ids: torch.Tens
         idx = torch.tensor(rows, device=input_ids.device)
         width = int(attention_mask[idx].sum(-1).max())
         mask = attention_mask[idx, :width]
-        past = None
-        if cached is not None:
-            past = DynamicCache(ddp_cache_data=[(lay.keys.expand(len(rows), -1, -1, -1),
-                                                 lay.values.expand(len(rows), -1, -1, -1))
-                                                for lay in cached.layers], config=model.config)
+        past = None if cached is None else expand_cache(cached, len(rows), model.config)
         hidden = _layer_states(bb, index, input_ids[idx, prefix:width], mask,
                                position_ids(mask)[:, prefix:], past)
         parts.append(pool_hidden(hidden, mask[:, prefix:], pooling,
@@ -611,22 +715,60 @@ def _cache_key(fingerprint: str, tokenizer: Any, chat_template: bool, layers: li
     }
 
 
+def _pooling_names(pooling: str | Sequence[str]) -> list[str]:
+    """The requested poolings as a list without repeats, each checked against ``POOLINGS``."""
+    names = [pooling] if isinstance(pooling, str) else list(dict.fromkeys(pooling))
+    if not names:
+        raise ConfigError(f"No pooling requested; choose from {', '.join(POOLINGS)}.")
+    for name in names:
+        if name not in POOLINGS:
+            raise ConfigError(f"Unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}.")
+    return names
+
+
+def _run_device(model: Any, device: str | torch.device | None) -> torch.device:
+    """Where the forwards run: the model's device, or ``device`` after moving the model there."""
+    run_device = next(model.parameters()).device
+    if device is not None and resolve_device(device) != run_device:
+        run_device = resolve_device(device)
+        log.info("moving the model to %s for extraction", run_device)
+        model.to(run_device)
+    return run_device
+
+
+def _meta(name: str, templated: bool, n_layers: int, padding_side: str, key: dict,
+          prefix_tokens: int) -> dict:
+    """How a result was made. ``cache_key`` decides reuse; the shared prefix is recorded beside it
+    but kept out of it, since the values are the same with or without it."""
+    return {"model": name, "chat_template": templated, "num_hidden_layers": n_layers,
+            "padding_side": padding_side, "cache_key": key,
+            "prefix_reused": prefix_tokens > 0, "prefix_tokens": prefix_tokens,
+            "layer_convention": "hidden_states: 0=embeddings, i=after block i, "
+                                f"{n_layers}=after final norm"}
+
+
 def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
             langs: Sequence[str] | str | None = None, layers: Sequence[int] | int | None = None,
-            pooling: str = "last", chat_template: bool = True, batch_size: int = 16,
+            pooling: str | Sequence[str] = "last", chat_template: bool = True, batch_size: int = 16,
             device: str | torch.device | None = None, cache_dir: str | Path | None = None,
-            padding_side: str = "left", progress: bool = True) -> Representations:
+            padding_side: str = "left", progress: bool = True,
+            reuse_prefix: bool = True) -> Representations | dict[str, Representations]:
     """Pooled hidden states of every prompt in every language at the requested layers.
 
     ``layers``: ``hidden_states`` indices (0 = embeddings, ``num_layers(model)`` = after the final
-    norm, negatives from the end; ``None`` = all). ``pooling``: one of ``POOLINGS``. ``device``:
-    ``None`` = wherever the model is; otherwise the model is moved there ("auto" allowed). Only the backbone runs,
-    up to the deepest requested block; no logits are computed. With ``cache_dir`` (e.g.
-    ``<run>/reps``), a result computed with the same model weights, texts, layers, pooling and
-    template is loaded instead of recomputed; a stale or damaged one is recomputed with a warning.
+    norm, negatives from the end; ``None`` = all). ``pooling``: one of ``POOLINGS`` (returns one
+    ``Representations``) or a list of them (returns ``{pooling: Representations}``, all read from
+    the same forwards, so a second pooling costs no second pass). ``device``: ``None`` = wherever
+    the model is; otherwise the model is moved there ("auto" allowed). Only the backbone runs, up
+    to the deepest requested block; no logits are computed. ``reuse_prefix``: on a causal
+    decoder-only model, the tokens all prompts start with (the chat template's system prompt and
+    user header) run once and their keys/values serve every batch; ``meta["prefix_tokens"]`` says
+    how many. The states are the same either way; ``False`` runs every prompt whole. With ``cache_dir``
+    (e.g. ``<run>/reps``), each pooling is cached in its own file: one computed with the same
+    model weights, texts, layers, pooling and template is loaded instead of recomputed (only the
+    missing poolings run); a stale or damaged one is recomputed with a warning.
     """
-    if pooling not in POOLINGS:
-        raise ConfigError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+    names = _pooling_names(pooling)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if padding_side not in ("left", "right"):
@@ -638,36 +780,29 @@ def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
     name = getattr(model, "mlcwb_name", None) or getattr(model, "name_or_path", "") or \
         type(model).__name__
     templated = uses_chat_template(tokenizer, chat_template)
-    key = _cache_key(fingerprint, tokenizer, chat_template, layer_list, pooling, languages, ids, texts)
-    cache_path = None
-    if cache_dir is not None:
-        slot = _sha([languages, layer_list, ids, templated])[:12]
-        cache_path = Path(cache_dir) / f"{_slug(str(name))}-{pooling}-{slot}.safetensors"
-        cached = _read_cache(cache_path, key)
-        if cached is not None:
-            return cached
-
-    run_device = next(model.parameters()).device
-    if device is not None and resolve_device(device) != run_device:
-        run_device = resolve_device(device)
-        log.info("moving the model to %s for extraction", run_device)
-        model.to(run_device)
-    flat = [text for row in texts for text in row]
-    pooled = _pooled_states(bb, tokenizer, flat, layer_list, pooling, chat_template, batch_size,
-                            run_device, padding_side, progress)
-    values = pooled.reshape(len(ids), len(languages), len(layer_list), -1)
-    reps = Representations(
-        values=values, prompt_ids=ids, languages=languages, layers=layer_list, pooling=pooling,
-        model_fingerprint=fingerprint, harmful=harmful, texts=texts,
-        meta={"model": str(name), "chat_template": templated, "num_hidden_layers": bb.n_layers,
-              "padding_side": padding_side, "cache_key": key,
-              "layer_convention": "hidden_states: 0=embeddings, i=after block i, "
-                                  f"{bb.n_layers}=after final norm"},
-    )
-    if cache_path is not None:
-        reps.save(cache_path)
-        log.info("saved representations to %s", cache_path)
-    return reps
+    keys = {p: _cache_key(fingerprint, tokenizer, chat_template, layer_list, p, languages, ids, texts)
+            for p in names}
+    slot = _sha([languages, layer_list, ids, templated])[:12]
+    paths = {p: Path(cache_dir) / f"{_slug(str(name))}-{p}-{slot}.safetensors" for p in names} \
+        if cache_dir is not None else {}
+    found = {p: reps for p in paths if (reps := _read_cache(paths[p], keys[p])) is not None}
+    missing = [p for p in names if p not in found]
+    if missing:
+        run_device = _run_device(model, device)
+        flat = [text for row in texts for text in row]
+        pooled, prefix_tokens = _pooled_states(bb, tokenizer, flat, layer_list, missing,
+                                               chat_template, batch_size, run_device, padding_side,
+                                               progress, reuse_prefix)
+        for p in missing:
+            found[p] = Representations(
+                values=pooled[p].reshape(len(ids), len(languages), len(layer_list), -1),
+                prompt_ids=ids, languages=languages, layers=layer_list, pooling=p,
+                model_fingerprint=fingerprint, harmful=harmful, texts=texts,
+                meta=_meta(str(name), templated, bb.n_layers, padding_side, keys[p], prefix_tokens))
+            if p in paths:
+                found[p].save(paths[p])
+                log.info("saved representations to %s", paths[p])
+    return found[pooling] if isinstance(pooling, str) else {p: found[p] for p in names}
 
 
 def _read_cache(path: Path, key: dict) -> Representations | None:

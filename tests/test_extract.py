@@ -153,6 +153,17 @@ def test_layer_indices_follow_output_hidden_states(tiny_llama) -> None:
                           reps.values[:, :, [n]])
 
 
+def test_encoder_decoder_several_poolings(tiny_t5) -> None:
+    """An encoder attends both ways: no prefix reuse, but one pass still serves every pooling."""
+    model, tok = tiny_t5
+    every = extract(model, tok, TEXTS[:4], layers=[0, -1], pooling=list(POOLINGS), progress=False)
+    for pooling in POOLINGS:
+        alone = extract(model, tok, TEXTS[:4], layers=[0, -1], pooling=pooling, progress=False)
+        assert every[pooling].values.shape == (4, 1, 2, 64)
+        assert np.array_equal(every[pooling].values, alone.values), pooling
+        assert every[pooling].meta["prefix_reused"] is False
+
+
 def test_encoder_decoder_uses_encoder_states(tiny_t5) -> None:
     model, tok = tiny_t5
     reps = extract(model, tok, TEXTS[:3], layers=None, pooling="mean", progress=False)
@@ -172,10 +183,13 @@ def test_forward_stops_after_deepest_layer_and_skips_lm_head(tiny_llama) -> None
              blocks[3].register_forward_hook(lambda *a: calls.__setitem__("block4", calls["block4"] + 1)),
              model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))]
     try:
-        extract(model, tok, TEXTS, layers=[0, 2], batch_size=2, progress=False)
+        extract(model, tok, TEXTS, layers=[0, 2], batch_size=2, progress=False, reuse_prefix=False)
         assert calls == {"block3": 0, "block4": 0, "head": 0}
+        # the shared prefix runs whole once (its keys/values for every block); the batches stop
+        extract(model, tok, TEXTS, layers=[0, 2], batch_size=2, progress=False)
+        assert calls == {"block3": 1, "block4": 1, "head": 0}
         extract(model, tok, TEXTS, layers=[-1], batch_size=2, progress=False)
-        assert calls["block4"] == 3 and calls["head"] == 0
+        assert calls["block4"] == 1 + 1 + 3 and calls["head"] == 0
     finally:
         for h in hooks:
             h.remove()
@@ -234,6 +248,115 @@ def test_batched_equals_per_prompt_default_model(default_model) -> None:
                               batch_size=bs, padding_side=side, progress=False).values[:, 0]
             diff = float(np.abs(batched - ref[pooling][perm]).max())
             assert diff < 1e-4, (side, pooling, diff)
+
+
+# ---------------------------------------------------------------- several poolings, shared prefix
+
+def _with_system_prompt(tok):
+    """The byte tokenizer with a system turn in its template: a long prefix every prompt shares."""
+    tok.chat_template = ("{{ '<|im_start|>system\\nYou are a careful assistant. Answer briefly and "
+                         "honestly.<|im_end|>\\n' }}" + tok.chat_template)
+    return tok
+
+
+def _first_content_token(tok, text: str) -> int:
+    return int(encode_with_content(tok, [text])["content_mask"][0].nonzero()[0])
+
+
+def _max_relative_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest entry difference of two state arrays, relative to each state vector's norm."""
+    return float((np.abs(a - b).max(-1) / np.linalg.norm(b, axis=-1)).max())
+
+
+def test_several_poolings_equal_single_pooling_calls(tiny_llama) -> None:
+    model, tok = tiny_llama
+    both = extract(model, tok, _promptset(), layers=[0, 2, 4],
+                   pooling=["content_mean", "last", "mean", "last"], batch_size=2, progress=False)
+    assert list(both) == ["content_mean", "last", "mean"]  # in the order asked, once each
+    for pooling, reps in both.items():
+        alone = extract(model, tok, _promptset(), layers=[0, 2, 4], pooling=pooling, batch_size=2,
+                        progress=False)
+        assert isinstance(alone, Representations) and reps.pooling == pooling
+        assert np.array_equal(reps.values, alone.values), pooling
+        assert reps.layers == [0, 2, 4] and reps.languages == ["en", "zh"]
+
+
+def test_multi_pooling_call_reuses_cached_single_poolings(tiny_llama, tmp_path, monkeypatch,
+                                                          caplog) -> None:
+    import mlcwb.extract as ex
+
+    model, tok = tiny_llama
+    ps = _promptset()
+    last = extract(model, tok, ps, layers=[1, 4], pooling="last", cache_dir=tmp_path, progress=False)
+    real = ex._pooled_states
+    computed: list[list[str]] = []
+
+    def spy(bb, tokenizer, texts, layers, poolings, *rest):
+        computed.append(list(poolings))
+        return real(bb, tokenizer, texts, layers, poolings, *rest)
+
+    monkeypatch.setattr(ex, "_pooled_states", spy)
+    with caplog.at_level(logging.INFO, logger="mlcwb.extract"):
+        both = extract(model, tok, ps, layers=[1, 4], pooling=["last", "content_mean"],
+                       cache_dir=tmp_path, progress=False)
+    assert computed == [["content_mean"]]  # only the pooling not cached yet ran
+    assert "loaded cached representations" in caplog.text
+    assert np.array_equal(both["last"].values, last.values)
+    names = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(names) == 2 and "-content_mean-" in names[0] and "-last-" in names[1]
+    # ... and a single-pooling call finds what the multi-pooling call saved
+    content = extract(model, tok, ps, layers=[1, 4], pooling="content_mean", cache_dir=tmp_path,
+                      progress=False)
+    again = extract(model, tok, ps, layers=[1, 4], pooling=["content_mean", "last"],
+                    cache_dir=tmp_path, progress=False)
+    assert computed == [["content_mean"]]
+    assert np.array_equal(content.values, both["content_mean"].values)
+    assert np.array_equal(again["content_mean"].values, content.values)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_shared_prefix_gives_the_states_of_whole_prompts(tiny_llama, side: str) -> None:
+    model, tok = tiny_llama
+    tok = _with_system_prompt(tok)
+    layers = [0, 1, 2, 4]  # embeddings, blocks, and the final-norm output
+    kwargs = dict(layers=layers, pooling=list(POOLINGS), batch_size=4, padding_side=side,
+                  progress=False)
+    reused = extract(model, tok, TEXTS, **kwargs)
+    whole = extract(model, tok, TEXTS, reuse_prefix=False, **kwargs)
+    for pooling in POOLINGS:
+        assert _max_relative_diff(reused[pooling].values, whole[pooling].values) < 1e-4, pooling
+        assert reused[pooling].meta["prefix_reused"] is True
+        assert reused[pooling].meta["prefix_tokens"] == _first_content_token(tok, TEXTS[0]) > 40
+        assert whole[pooling].meta["prefix_reused"] is False
+        assert whole[pooling].meta["prefix_tokens"] == 0
+    assert reused["last"].meta["cache_key"] == whole["last"].meta["cache_key"]
+
+
+def test_shared_prefix_stops_before_the_content(tiny_llama) -> None:
+    """Raw texts sharing a leading sentence: the prefix may not reach into the user's text, so
+    only the BOS is shared, too short to reuse."""
+    model, tok = tiny_llama
+    texts = ["The weather is fine today. " + t for t in TEXTS[:3]]
+    reps = extract(model, tok, texts, layers=[2], chat_template=False, progress=False)
+    assert reps.meta["prefix_reused"] is False
+
+
+@pytest.mark.slow
+def test_shared_prefix_gives_the_states_of_whole_prompts_default_model(default_model) -> None:
+    """SmolLM2's template opens every prompt with the same system prompt and user header."""
+    model, tok = default_model
+    texts = ["How do I pick a lock?", "我如何开锁？", "كيف أفتح قفلاً؟",
+             "Tell me a long story about a dragon, a knight and a very old castle by the sea.",
+             "Ninawezaje kufungua kufuli?", "Hi"]
+    for side in ("left", "right"):
+        kwargs = dict(layers=[0, 15, -1], pooling=list(POOLINGS), batch_size=4, padding_side=side,
+                      progress=False)
+        reused = extract(model, tok, texts, **kwargs)
+        whole = extract(model, tok, texts, reuse_prefix=False, **kwargs)
+        for pooling in POOLINGS:
+            diff = _max_relative_diff(reused[pooling].values, whole[pooling].values)
+            assert diff < 1e-4, (side, pooling, diff)
+            assert reused[pooling].meta["prefix_tokens"] == _first_content_token(tok, texts[0]) >= 20
 
 
 # ---------------------------------------------------------------- PromptSet, Representations, cache
@@ -307,6 +430,10 @@ def test_errors_say_what_is_wrong(tiny_llama) -> None:
         extract(torch.nn.Linear(2, 2), tok, TEXTS, progress=False)
     with pytest.raises(ConfigError, match="Unknown pooling"):
         extract(model, tok, TEXTS, pooling="first", progress=False)
+    with pytest.raises(ConfigError, match=r"Unknown pooling 'max'; choose one of last, content_last"):
+        extract(model, tok, TEXTS, pooling=["last", "max"], progress=False)
+    with pytest.raises(ConfigError, match="No pooling requested"):
+        extract(model, tok, TEXTS, pooling=[], progress=False)
 
 
 def test_cli_registers_extract() -> None:
