@@ -86,6 +86,17 @@ def bench_generation(model, tok, prompts, args, judge, measurement):
     return apply_judge(reused, judge), t_reused
 
 
+def bf16_support() -> dict:
+    """Whether this CPU computes bfloat16 natively: without AVX512_BF16 (or AMX) oneDNN emulates
+    it, and bfloat16 runs slower than float32."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        flags = ""
+    return {"cpu_avx512_bf16": "avx512_bf16" in flags, "cpu_amx_bf16": "amx_bf16" in flags,
+            "onednn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
 def bench_bf16(model_bf16, tok, prompts, args, judge, fp32_judged, t_fp32, measurement):
     kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False)
     generate(model_bf16, tok, prompts.select(ids=prompts.ids[:4]), ["en"], **kw)  # warm-up
@@ -104,6 +115,7 @@ def bench_bf16(model_bf16, tok, prompts, args, judge, fp32_judged, t_fp32, measu
                  extra={"identical_answers": round(float((merged.response_32 == merged.response_16).mean()), 3),
                         "verdict_agreement": round(agree, 4), "per_language": per_lang,
                         "default_stays_fp32": agree < 0.99,
+                        **bf16_support(),
                         "rule": "bfloat16 becomes the default only if verdicts agree on >= 99% of answers"},
                  measurement=measurement)
 
@@ -160,11 +172,11 @@ def main() -> None:
         judged, t_gen = bench_generation(model, tok, dev, args, judge, m)
     write_jsonl(repo_root() / "benchmarks" / "results" / "refusal_score_rows.jsonl",
                 judged.drop(columns=["settings"]).to_dict(orient="records"))
-    with measuring() as m:
+    with measuring(settle_s=180) as m:
         bench_screen(model, tok, dev, judged, t_gen, m)
-    with measuring() as m:
+    with measuring(settle_s=180) as m:
         bench_utility(model, tok, dev, args, m)
-    with measuring() as m:
+    with measuring(settle_s=180) as m:
         bench_bf16(model.to(torch.bfloat16), tok, dev, args, judge, judged, t_gen, m)
     del model
     gc.collect()

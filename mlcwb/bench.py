@@ -107,8 +107,19 @@ class Measurement:
         self.stop()
 
 
-def measuring() -> Measurement:
-    """``with measuring() as m: ...``: a Measurement around the block."""
+def measuring(settle_s: float = 0.0) -> Measurement:
+    """``with measuring() as m: ...``: a Measurement around the block.
+
+    ``settle_s``: first wait up to that long for the 1-minute load average to fall to the quiet
+    threshold, so that a benchmark's second part is not judged by the load its first part left
+    behind (the average decays with a one-minute time constant).
+    """
+    deadline = time.perf_counter() + settle_s
+    while time.perf_counter() < deadline:
+        load = load_average()
+        if load is None or load[0] <= load_threshold():
+            break
+        time.sleep(5)
     return Measurement.start()
 
 

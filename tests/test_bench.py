@@ -75,3 +75,14 @@ def test_without_a_measurement_the_load_at_write_time_decides(fake_machine, tmp_
 def test_peak_microbenchmark_reports_gflops():
     peak = bench.peak_gflops.__wrapped__(size=64, seconds=0.01)
     assert peak["gflops"] > 0 and peak["repeats"] >= 1 and "64x64" in peak["what"]
+
+
+def test_measuring_waits_for_the_load_to_settle(fake_machine, monkeypatch):
+    loads = iter([(2.4, 1, 1), (1.9, 1, 1), (1.2, 1, 1)])
+    sleeps = []
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: next(loads, (1.2, 1, 1)))
+    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+    measurement = bench.measuring(settle_s=60)
+    assert len(sleeps) == 2 and measurement.load_before == [1.2, 1, 1]
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (3.0, 1, 1))
+    assert bench.measuring().load_before == [3.0, 1, 1]  # no settling asked: measured at once
