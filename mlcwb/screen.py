@@ -72,6 +72,21 @@ def prefill_scores(model: Any, tokenizer: Any, prompts: Prompts, langs: Sequence
                          "harmful": [j.harmful for j in jobs], "refusal_score": scores})
 
 
+def screen_table(scores: Mapping[str, pd.DataFrame], n_boot: int = 200) -> pd.DataFrame:
+    """Methods x languages: the refusal score's AUROC on harmful vs benign prompts (percent), from
+    ``{method: prefill_scores(...)}``: the screen's one-line answer per candidate."""
+    from mlcwb.metrics import score_auroc
+
+    table = {}
+    for method, frame in scores.items():
+        harmful = frame["harmful"].astype(bool)
+        table[method] = {lang: score_auroc(frame.loc[harmful & (frame["lang"] == lang), "refusal_score"].to_numpy(float),
+                                           frame.loc[~harmful & (frame["lang"] == lang), "refusal_score"].to_numpy(float),
+                                           n_boot=n_boot)["score_auroc"]
+                         for lang in frame["lang"].unique()}
+    return pd.DataFrame(table).T
+
+
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -130,4 +145,4 @@ def validate_scores(judged: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFram
     return {"per_language": per_lang, "rates": rates, "agreement": agreement}
 
 
-__all__ = ["SCREEN_AUROC", "prefill_scores", "validate_scores"]
+__all__ = ["SCREEN_AUROC", "prefill_scores", "screen_table", "validate_scores"]
