@@ -92,7 +92,7 @@ def main() -> None:
     import torch
 
     from mlcwb.bench import Measurement, write_result
-    from mlcwb.extract import backbone
+    from mlcwb.backbone import backbone
     from mlcwb.models import load_model
 
     prompts, langs = load_prompts(args.n, args.langs.split(","))

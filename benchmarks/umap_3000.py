@@ -21,7 +21,7 @@ os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlcwb-numba-bench-")
 import numpy as np  # noqa: E402
 
 from mlcwb.bench import Measurement, write_result  # noqa: E402
-from mlcwb.extract import Representations  # noqa: E402
+from mlcwb.representations import Representations  # noqa: E402
 from mlcwb.viz import project  # noqa: E402
 
 TARGET_S = 60.0

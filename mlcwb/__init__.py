@@ -22,7 +22,7 @@ _ENTRY_POINTS = {
     "load_corpus": "mlcwb.data",
     "PromptSet": "mlcwb.data",
     "open_run_dir": "mlcwb.paths",
-    "Representations": "mlcwb.extract",
+    "Representations": "mlcwb.representations",
     "MLCConfig": "mlcwb.mlc",
     "TrainConfig": "mlcwb.train_config",
     "arm_configs": "mlcwb.experiment",

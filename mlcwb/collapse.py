@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from mlcwb.extract import Representations
+    from mlcwb.representations import Representations
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,22 @@
 """Hidden states per (prompt, language, layer): batched, exact, early-exiting, cached.
 
-Every geometry picture and the MLC loss read a model's hidden state at some position of a prompt.
-This module owns that reading:
+Every geometry picture reads a model's hidden state at some position of a prompt. This module
+owns that reading for analysis (forward path 1):
 
 * ``encode_with_content`` tokenizes prompts through ``mlcwb.models.encode_prompts`` (the one
   tokenization path) and also marks which tokens belong to the user's own text inside the
   chat-formatted prompt, so a pooling can look at the content rather than the template.
-* ``pool_hidden`` turns ``(batch, seq, hidden)`` states into one vector per prompt. It is the one
-  implementation of "last prompt token"; training reuses it, so it is differentiable and correct for
-  left- and right-padded batches alike.
-* ``backbone``, ``resolve_layers`` and ``position_ids`` are the one answer to "which stack, which
-  layer, which positions", shared by the two forward paths below.
-* ``extract`` (forward path 1) runs prompts through the model's backbone only (no LM head, no
-  logits), stops after the deepest requested block, sorts prompts by length so batches carry
-  little padding, runs the prefix all prompts share once (causal decoder-only models), pools
-  several ways from the same forwards, and caches each pooling in a run directory.
-* ``prompt_states`` (forward path 2, training's MLC term) keeps gradients and reads one layer; with
-  ``bucketed`` it runs the prefix every row shares once and the rest in length buckets
-  (``length_buckets``, ``shared_prefix``; ``computed_positions`` counts what it costs).
+* ``extract`` runs prompts through the model's backbone only (no LM head, no logits), stops after
+  the deepest requested block, sorts prompts by length so batches carry little padding, runs the
+  prefix all prompts share once (causal decoder-only models), pools several ways from the same
+  forwards, and caches each pooling in a run directory.
 
-Layer indices follow ``output_hidden_states``: 0 is the embedding output (the input of block 1),
-``i`` is the output of block ``i``, and ``num_hidden_layers`` is the output of the last block *after
-the final norm* (HF replaces the raw last-block output by the normed one). Negative indices count
-from the end, so ``-1`` is the final-norm output.
+The rest of the hidden-state engine lives beside it: ``mlcwb.backbone`` (``backbone``,
+``num_layers``, ``resolve_layers``, ``position_ids``, ``pool_hidden``, ``POOLINGS``: which stack,
+which layer, which positions, and the pooling both forwards share, with the layer convention),
+``mlcwb.representations`` (``Representations``, what ``extract`` returns and caches) and
+``mlcwb.prompt_states`` (forward path 2, training's MLC term: gradients kept, one layer, shared
+prefix and length buckets).
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ import json
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -41,31 +35,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mlcwb.backbone import POOLINGS, Backbone, backbone, pool_hidden, position_ids, resolve_layers
 from mlcwb.errors import CacheError, ConfigError, ExtractionError, LanguageError
-from mlcwb.io import atomic_write_bytes, atomic_write_json
 from mlcwb.models import (encode_prompts, format_prompt, model_fingerprint, resolve_device,
                           uses_chat_template)
 from mlcwb.prefix import (MIN_PREFIX, cache_kwargs, common_prefix, expand_cache, pack_after_prefix,
                           prefix_cache)
+from mlcwb.representations import CACHE_VERSION, Representations, representation_paths
 
 if TYPE_CHECKING:
     from mlcwb.data import PromptSet
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("last", "content_last", "content_mean", "mean")
-"""``last``: last non-pad token; with a chat template that is the last token of the generation
-prompt (``<|im_start|>assistant\\n``), the position the paper pools and the one the first answer
-token is predicted from. ``content_last``: last token of the user's text. ``content_mean``: mean
-over the user's text. ``mean``: mean over every non-pad token (template included)."""
-
-MAX_PADDING = 0.25  # padding a length bucket may add, as a share of its real tokens
-CACHE_VERSION = 1
 _SENTINEL = "\uE000mlcwb-user-text\uE001"  # private-use chars: never in a real prompt or template
 
 
 # --------------------------------------------------------------------------------------------
-# Encoding and pooling
+# Encoding with content
 # --------------------------------------------------------------------------------------------
 
 def _user_span(tokenizer: Any, text: str, chat_template: bool) -> tuple[int, int]:
@@ -134,216 +121,13 @@ def encode_with_content(tokenizer: Any, texts: Sequence[str], chat_template: boo
     return enc
 
 
-def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "last",
-                content_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One vector per sequence from ``hidden`` of shape ``(batch, seq, dim)`` -> ``(batch, dim)``.
-
-    Positions come from the masks, never from the padding side, so left- and right-padded batches
-    give the same vectors. Gradients flow to ``hidden`` (gather / masked sum), so training reuses
-    this exact code. Pad positions are zero-filled rather than multiplied by 0, so a NaN at a pad
-    position cannot leak into a mean. Means accumulate in float32.
-    """
-    if pooling not in POOLINGS:
-        raise ConfigError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
-    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
-        raise ExtractionError(
-            f"pool_hidden needs hidden (batch, seq, dim) and a (batch, seq) mask; got "
-            f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}.")
-    mask = attention_mask.bool()
-    if pooling.startswith("content"):
-        if content_mask is None:
-            raise ExtractionError(f"pooling={pooling!r} needs content_mask (from "
-                                  f"mlcwb.extract.encode_with_content).")
-        mask = mask & content_mask.bool()
-    counts = mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        rows = torch.nonzero(counts == 0).flatten().tolist()
-        raise ExtractionError(f"pooling={pooling!r}: rows {rows[:10]} have no token to pool "
-                              f"(empty text or all padding).")
-    if pooling in ("last", "content_last"):
-        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-        index = torch.where(mask, positions, torch.full_like(positions, -1)).amax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-    summed = hidden.masked_fill(~mask.unsqueeze(-1), 0).sum(dim=1, dtype=torch.float32)
-    return (summed / counts.unsqueeze(-1).to(torch.float32)).to(hidden.dtype)
-
-
 # --------------------------------------------------------------------------------------------
-# Representations
-# --------------------------------------------------------------------------------------------
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    path = Path(path)
-    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
-
-
-@dataclass
-class Representations:
-    """Pooled hidden states, float32 ``(n_prompts, n_langs, n_layers, hidden)``.
-
-    ``layers`` holds ``hidden_states`` indices (0 = embeddings, ``num_hidden_layers`` = after the
-    final norm); ``texts[p][l]`` is the text of prompt ``p`` in language ``languages[l]``.
-    """
-
-    values: np.ndarray
-    prompt_ids: list[str]
-    languages: list[str]
-    layers: list[int]
-    pooling: str
-    model_fingerprint: str
-    harmful: list[bool] | None = None
-    texts: list[list[str]] | None = None
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        want = (len(self.prompt_ids), len(self.languages), len(self.layers))
-        if self.values.ndim != 4 or self.values.shape[:3] != want:
-            raise ExtractionError(f"values has shape {self.values.shape}; expected {want} + (hidden,) "
-                                  f"from prompt_ids, languages and layers.")
-
-    def layer(self, layer: int) -> np.ndarray:
-        """``(n_prompts, n_langs, hidden)`` at one ``hidden_states`` index (must have been extracted)."""
-        if layer not in self.layers:
-            raise ExtractionError(f"Layer {layer} was not extracted; available: {self.layers}.")
-        return self.values[:, :, self.layers.index(layer)]
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (values) then ``<path>.json`` (everything else + checksum).
-
-        The sidecar is written last and records the values file's sha256, so a half-written pair
-        or a damaged values file is detected on load.
-        """
-        from safetensors.numpy import save as st_save
-
-        values_path, meta_path = _paths(path)
-        blob = st_save({"values": np.ascontiguousarray(self.values, dtype=np.float32)})
-        atomic_write_bytes(values_path, blob)
-        atomic_write_json(meta_path, {
-            "format": "mlcwb.Representations", "version": CACHE_VERSION,
-            "values_file": values_path.name, "values_sha256": hashlib.sha256(blob).hexdigest(),
-            "shape": list(self.values.shape), "prompt_ids": self.prompt_ids,
-            "languages": self.languages, "layers": self.layers, "pooling": self.pooling,
-            "model_fingerprint": self.model_fingerprint, "harmful": self.harmful,
-            "texts": self.texts, "meta": self.meta,
-        })
-        return values_path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Representations":
-        """Read a pair written by ``save``; ``CacheError`` if either file is missing or damaged."""
-        from safetensors.numpy import load as st_load
-
-        values_path, meta_path = _paths(path)
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            blob = values_path.read_bytes()
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CacheError(f"Cannot read representations at {values_path} / {meta_path}: {exc}. "
-                             f"Delete them to recompute.") from exc
-        if meta.get("format") != "mlcwb.Representations" or \
-                hashlib.sha256(blob).hexdigest() != meta.get("values_sha256"):
-            raise CacheError(f"{values_path} does not match its sidecar {meta_path.name} (truncated "
-                             f"or overwritten); delete both to recompute.")
-        try:
-            values = st_load(blob)["values"]
-            return cls(values=values, prompt_ids=meta["prompt_ids"], languages=meta["languages"],
-                       layers=meta["layers"], pooling=meta["pooling"],
-                       model_fingerprint=meta["model_fingerprint"], harmful=meta.get("harmful"),
-                       texts=meta.get("texts"), meta=meta.get("meta") or {})
-        except Exception as exc:  # safetensors and __post_init__ raise their own types
-            raise CacheError(f"{values_path}: unreadable representations ({exc}); delete it to "
-                             f"recompute.") from exc
-
-
-# --------------------------------------------------------------------------------------------
-# The backbone: which stack, which blocks, which layer, which positions
+# Forward path 1, extraction: no gradients, stop after the deepest requested block
 # --------------------------------------------------------------------------------------------
 
 class _StopForward(Exception):
     """Raised by a hook after the deepest requested block: the rest of the forward is skipped."""
 
-
-@dataclass
-class Backbone:
-    """The stack whose blocks produce ``hidden_states`` (never the LM head), as both forwards use it."""
-
-    module: torch.nn.Module  # decoder stack (decoder-only) or encoder stack (encoder-decoder)
-    blocks: torch.nn.ModuleList
-    n_layers: int
-    takes_position_ids: bool
-    causal: bool  # decoder-only, causal attention: a shared prefix's keys/values fit every row
-
-
-def backbone(model: Any) -> Backbone:
-    """The decoder stack of a decoder-only model, the encoder of an encoder-decoder (bare or
-    peft-wrapped): where a prompt's hidden states are read, without the LM head."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers = getattr(text_config, "num_hidden_layers", None)
-    try:
-        if getattr(config, "is_encoder_decoder", False):
-            module = model.get_encoder()
-        else:
-            module = model.get_decoder() if hasattr(model, "get_decoder") else None
-            module = module if module is not None else getattr(model, "model", None)
-    except (AttributeError, NotImplementedError):
-        module = None
-    blocks = None
-    if isinstance(module, torch.nn.Module) and isinstance(n_layers, int):
-        for _name, child in module.named_children():
-            if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers:
-                blocks = child
-                break
-    if blocks is None:
-        raise ExtractionError(
-            f"{type(model).__name__} exposes no hidden states mlcwb can read: it needs a "
-            f"transformers config with num_hidden_layers and a decoder (get_decoder()/.model) or "
-            f"encoder (get_encoder()) holding that many blocks in an nn.ModuleList.")
-    params = inspect.signature(module.forward).parameters
-    causal = not getattr(config, "is_encoder_decoder", False) and \
-        getattr(text_config, "is_causal", True)
-    return Backbone(module, blocks, n_layers, "position_ids" in params, bool(causal))
-
-
-def num_layers(model: Any) -> int:
-    """Number of blocks; valid layer indices are ``0 .. num_layers(model)`` (last = after final norm)."""
-    return backbone(model).n_layers
-
-
-def resolve_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
-    """``hidden_states`` indices as sorted, unique, non-negative ints (``None``: all of them).
-
-    The one check of a layer index, so extraction and training name a bad layer alike.
-    """
-    if layers is None:
-        return list(range(n_layers + 1))
-    if isinstance(layers, int):
-        layers = [layers]
-    out: list[int] = []
-    for layer in layers:
-        if not isinstance(layer, (int, np.integer)) or not -(n_layers + 1) <= layer <= n_layers:
-            raise ExtractionError(
-                f"Layer {layer!r} is out of range: this model has {n_layers} blocks, so valid "
-                f"hidden_states indices are 0..{n_layers} (0 = embeddings, {n_layers} = after the "
-                f"final norm) or -{n_layers + 1}..-1 counted from the end.")
-        layer = int(layer) % (n_layers + 1)
-        if layer not in out:
-            out.append(layer)
-    if not out:
-        raise ExtractionError(f"No layers requested; valid indices are 0..{n_layers}.")
-    return sorted(out)
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token, so a left-padded prompt gets the same
-    rotary angles as the same prompt alone (HF's plain forward would start them at the first pad)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-# --------------------------------------------------------------------------------------------
-# Forward path 1, extraction: no gradients, stop after the deepest requested block
-# --------------------------------------------------------------------------------------------
 
 def _hidden(output: Any) -> torch.Tensor:
     """The hidden states in a block's output (a tensor or a tuple) or the stack's (a ModelOutput)."""
@@ -526,128 +310,6 @@ def _pooled_states(bb: Backbone, tokenizer: Any, texts: list[str], layers: list[
 
 
 # --------------------------------------------------------------------------------------------
-# Forward path 2, training: one layer, gradients kept, shared prefix and length buckets
-# --------------------------------------------------------------------------------------------
-
-def length_buckets(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
-    """Row indices grouped by length so that no group pads more than ``max_padding`` of its tokens.
-
-    The L translations of one prompt differ several-fold in token count (with an English-centric
-    tokenizer a Bengali prompt takes about four times the tokens of its English source), so one
-    padded batch of them computes mostly padding. Longest rows first; a singleton never pads.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
-    buckets: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        if current and lengths[current[0]] * (len(current) + 1) > (1 + max_padding) * (real + lengths[i]):
-            buckets.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += int(lengths[i])
-    if current:
-        buckets.append(current)
-    return buckets
-
-
-def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  content_mask: torch.Tensor | None = None) -> int:
-    """Leading positions identical in every row (the chat template's system prompt and user
-    header): computed once, their keys and values serve every row. Stops before any row's last
-    token and before its first content token, so pooled positions always lie after it."""
-    if input_ids.shape[0] < 2:
-        return 0
-    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
-    length = int(same.long().cumprod(0).sum())
-    length = min(length, int(attention_mask.sum(-1).min()) - 1)
-    if content_mask is not None and bool(content_mask.any()):
-        first = torch.where(content_mask.bool(), torch.arange(content_mask.shape[1], device=content_mask.device),
-                            content_mask.shape[1]).amin()
-        length = min(length, int(first))
-    return max(length, 0)
-
-
-def computed_positions(attention_mask: torch.Tensor, bucketed: bool, prefix: int = 0) -> int:
-    """Positions a prompt-only forward computes (real tokens + padding), as ``prompt_states``
-    runs it: one padded batch, or length buckets after a shared prefix of ``prefix`` tokens."""
-    if not bucketed:
-        return attention_mask.numel()
-    lengths = (attention_mask.sum(-1) - prefix).tolist()
-    return prefix + sum(len(rows) * max(lengths[i] for i in rows) for rows in length_buckets(lengths))
-
-
-def _layer_states(bb: Backbone, index: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor, past: Any = None) -> torch.Tensor:
-    """``(batch, seq, dim)`` at ``hidden_states[index]``; the last index is read from
-    ``last_hidden_state``, so the common case asks for no extra outputs."""
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
-                              "output_hidden_states": index != bb.n_layers, "use_cache": past is not None}
-    if bb.takes_position_ids:
-        kwargs["position_ids"] = positions
-    if past is not None:
-        kwargs.update(cache_kwargs(bb.module, past))
-    out = bb.module(**kwargs)
-    return out.last_hidden_state if index == bb.n_layers else out.hidden_states[index]
-
-
-def prompt_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int = -1,
-                  pooling: str = "last", content_mask: torch.Tensor | None = None,
-                  bucketed: bool = False) -> torch.Tensor:
-    """Pooled hidden states (N, H) of right-padded prompt-only sequences from the backbone (no LM
-    head; the encoder of an encoder-decoder), with gradients: the MLC term's forward.
-
-    ``bucketed`` spends compute on real tokens only: the prefix every row shares is run once and
-    its keys/values are reused (gradients flow back through them), and the rest runs in length
-    buckets (see ``length_buckets``), each cut to its own width. Causal attention makes both
-    exact: the states equal the one-batch ones (so an encoder, attending both ways, cannot).
-    """
-    bb = backbone(model)
-    index = resolve_layers(layer, bb.n_layers)[0]
-    if not bucketed:
-        hidden = _layer_states(bb, index, input_ids, attention_mask, position_ids(attention_mask))
-        return pool_hidden(hidden, attention_mask, pooling, content_mask=content_mask)
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ConfigError("length buckets reuse a causal prefix cache; an encoder attends both "
-                          "ways: run it as one batch (bucketed=False).")
-    if bool(attention_mask[:, 0].eq(0).any()):
-        raise ConfigError("bucketed prompt_states needs right-padded rows (padding_side='right').")
-    return _bucketed_states(model, bb, index, input_ids, attention_mask, pooling, content_mask)
-
-
-def _prefix_cache(bb: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  content_mask: torch.Tensor | None) -> tuple[int, Any]:
-    """``(length, keys/values)`` of the prefix all rows share; ``(0, None)`` when there is none
-    or the model declines to cache (gradient checkpointing)."""
-    prefix = shared_prefix(input_ids, attention_mask, content_mask)
-    if not prefix:
-        return 0, None
-    cached = prefix_cache(bb.module, input_ids[0, :prefix].tolist(), input_ids.device)
-    return (prefix, cached) if cached is not None else (0, None)
-
-
-def _bucketed_states(model: Any, bb: Backbone, index: int, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor, pooling: str,
-                     content_mask: torch.Tensor | None) -> torch.Tensor:
-    """``prompt_states`` after a shared prefix, in length buckets, rows back in input order."""
-    prefix, cached = _prefix_cache(bb, input_ids, attention_mask, content_mask)
-    groups = length_buckets((attention_mask.sum(-1) - prefix).tolist())
-    parts = []
-    for rows in groups:
-        idx = torch.tensor(rows, device=input_ids.device)
-        width = int(attention_mask[idx].sum(-1).max())
-        mask = attention_mask[idx, :width]
-        past = None if cached is None else expand_cache(cached, len(rows), model.config)
-        hidden = _layer_states(bb, index, input_ids[idx, prefix:width], mask,
-                               position_ids(mask)[:, prefix:], past)
-        parts.append(pool_hidden(hidden, mask[:, prefix:], pooling,
-                                 content_mask=None if content_mask is None else content_mask[idx, prefix:width]))
-    order = torch.tensor([i for rows in groups for i in rows], device=input_ids.device)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(parts)[inverse]
-
-# --------------------------------------------------------------------------------------------
 # extract()
 # --------------------------------------------------------------------------------------------
 
@@ -806,7 +468,7 @@ def extract(model: Any, tokenizer: Any, prompts: "PromptSet | Sequence[str]",
 
 
 def _read_cache(path: Path, key: dict) -> Representations | None:
-    _, meta_path = _paths(path)
+    _, meta_path = representation_paths(path)
     if not path.exists() and not meta_path.exists():
         return None
     try:
@@ -824,6 +486,4 @@ def _read_cache(path: Path, key: dict) -> Representations | None:
     return reps
 
 
-__all__ = ["MAX_PADDING", "POOLINGS", "Backbone", "Representations", "backbone", "computed_positions",
-           "encode_with_content", "extract", "length_buckets", "num_layers", "pool_hidden",
-           "position_ids", "prompt_states", "resolve_layers", "shared_prefix"]
+__all__ = ["encode_with_content", "extract"]

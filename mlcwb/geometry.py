@@ -1,6 +1,6 @@
 """Cross-lingual geometry of hidden states: do translations of one prompt land together?
 
-Every metric takes a :class:`mlcwb.extract.Representations` (``values`` shaped
+Every metric takes a :class:`mlcwb.representations.Representations` (``values`` shaped
 ``(prompts, languages, layers, hidden)``; layers counted like ``hidden_states``: 0 = embeddings,
 i = output of block i, the last = after the final norm) and returns a tidy pandas DataFrame with one
 row per layer (and per language or language pair), so the notebook can plot any of them per layer
@@ -24,7 +24,7 @@ import torch
 from mlcwb.errors import ConfigError, DataError, LanguageError, MLCWBError
 
 if TYPE_CHECKING:
-    from mlcwb.extract import Representations
+    from mlcwb.representations import Representations
 
 log = logging.getLogger(__name__)
 

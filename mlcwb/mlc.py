@@ -17,8 +17,8 @@ Two numerical choices matter and are proved by tests:
 A zero vector has no direction; it contributes a zero row and no gradient instead of the 1/eps
 gradient a clamped normalisation would send into the model.
 
-The states themselves come from the extraction module's prompt forward
-(``mlcwb.extract.prompt_states``); this module only turns them into the term.
+The states themselves come from the hidden-state engine's prompt forward
+(``mlcwb.prompt_states.prompt_states``); this module only turns them into the term.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mlcwb.backbone import POOLINGS
 from mlcwb.errors import ConfigError
-from mlcwb.extract import POOLINGS
 
 VARIANTS = ("official", "cosine", "contrastive")
 EXTRACTORS = ("linear", "frozen", "identity")

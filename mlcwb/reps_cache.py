@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mlcwb.errors import CacheError, DataError
 
 if TYPE_CHECKING:
-    from mlcwb.extract import Representations
+    from mlcwb.representations import Representations
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def find_representations(reps_dir: str | Path, model: str, pooling: str,
     A pair that cannot be read (damaged, half-written, not ours) is logged and skipped, since a
     cache miss only costs a new extraction; any other error is a bug and propagates.
     """
-    from mlcwb.extract import Representations
+    from mlcwb.representations import Representations
 
     sidecars = sorted(Path(reps_dir).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in sidecars:

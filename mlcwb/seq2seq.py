@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mlcwb.extract import prompt_states
 from mlcwb.logprobs import masked_token_logps
+from mlcwb.prompt_states import prompt_states
 
 if TYPE_CHECKING:
     from mlcwb.train import AlignExample

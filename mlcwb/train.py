@@ -42,15 +42,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mlcwb.backbone import pool_hidden, position_ids
 from mlcwb.collapse import CollapseWatch, batch_distinctness
 from mlcwb.errors import ConfigError, DataError, LanguageError, TrainingError
-from mlcwb.extract import (computed_positions, encode_with_content, pool_hidden, position_ids,
-                           prompt_states, shared_prefix)
+from mlcwb.extract import encode_with_content
 from mlcwb.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from mlcwb.logprobs import masked_token_logps
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import REFERENCE_FREE, dpo_loss, preference_loss
+from mlcwb.prompt_states import computed_positions, prompt_states, shared_prefix
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, is_encoder_decoder
 from mlcwb.train_config import REFUSAL, TrainConfig
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from mlcwb.backbone import POOLINGS
 from mlcwb.errors import ConfigError, LanguageError
-from mlcwb.extract import POOLINGS
 from mlcwb.io import read_yaml
 from mlcwb.languages import PAPER_LANGUAGES, get_language
 from mlcwb.mlc import MLCConfig

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from mlcwb.errors import ConfigError
-from mlcwb.extract import prompt_states
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
+from mlcwb.prompt_states import prompt_states
 from mlcwb.seq2seq import is_encoder_decoder
 from mlcwb.train import encode_mlc
 

@@ -30,7 +30,7 @@ from mlcwb.notebooks import use_numba_cache
 if TYPE_CHECKING:
     import ipywidgets
 
-    from mlcwb.extract import Representations
+    from mlcwb.representations import Representations
 
 log = logging.getLogger(__name__)
 

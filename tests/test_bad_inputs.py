@@ -18,9 +18,10 @@ from mlcwb import models
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import (CacheError, ChecksumError, DataError, EvaluationError,
                           ExtractionError, LanguageError, MLCWBError, UnknownModelError)
-from mlcwb.extract import Representations, extract
+from mlcwb.extract import extract
 from mlcwb.mlc import MLCConfig
 from mlcwb.models import PackagedModel, WheelChunk, load_model
+from mlcwb.representations import Representations
 from mlcwb.train_config import TrainConfig
 
 

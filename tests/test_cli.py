@@ -69,11 +69,11 @@ def test_each_command_module_registers_what_it_runs():
 
 def test_light_copies_agree_with_the_library():
     """The command line keeps these out of torch-importing modules; they must not drift."""
-    from mlcwb import extract, models
+    from mlcwb import backbone, models
     from mlcwb.commands import extract as extract_command
     from mlcwb.defaults import DEFAULT_MODEL
 
-    assert extract_command.POOLINGS == extract.POOLINGS
+    assert extract_command.POOLINGS == backbone.POOLINGS
     assert models.DEFAULT_MODEL == DEFAULT_MODEL
     for name in ("extract", "evaluate"):
         assert _subcommands()[name].get_default("model") == DEFAULT_MODEL
@@ -157,3 +157,16 @@ def test_reproduce_with_an_unknown_language_stops_before_any_notebook(tmp_path, 
     err = capsys.readouterr().err
     assert "common.languages: unknown language 'xx'" in err and "Traceback" not in err
     assert not (out / "notebooks").exists() and not (out / "stages").exists()
+
+
+def test_evaluate_takes_a_precision_into_the_resume_key(tmp_path, capsys):
+    from mlcwb.io import read_jsonl
+
+    out = tmp_path / "eval.jsonl"
+    args = ["evaluate", "--model", "tiny-random-llama", "--langs", "en", "--limit", "2",
+            "--max-new-tokens", "2", "--device", "cpu", "--out", str(out)]
+    assert main([*args, "--dtype", "bfloat16"]) == 0
+    assert {r["settings"].get("dtype") for r in read_jsonl(out)} == {"bfloat16"}
+    assert main(args) == 0  # float32: its own rows, not the bfloat16 ones
+    assert [r["settings"].get("dtype") for r in read_jsonl(out)] == ["bfloat16"] * 2 + [None] * 2
+    assert "en" in capsys.readouterr().out

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from mlcwb.backbone import POOLINGS, backbone, num_layers, pool_hidden
 from mlcwb.commands.extract import register
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import ConfigError, ExtractionError, LanguageError
-from mlcwb.extract import (POOLINGS, Representations, backbone, encode_with_content,
-                           extract, num_layers, pool_hidden)
+from mlcwb.extract import encode_with_content, extract
 from mlcwb.models import encode_prompts
+from mlcwb.representations import Representations
 
 TEXTS = ["héllo world", "assistant", "a much longer prompt, with 你好 and مرحبا in it", "user",
          "Short.", "How do I make a cake without eggs or milk at home?"]

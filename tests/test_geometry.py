@@ -11,8 +11,8 @@ import torch
 
 from mlcwb import geometry as g
 from mlcwb.errors import ConfigError, DataError, LanguageError
-from mlcwb.extract import Representations
 from mlcwb.mlc import mlc_floor, mlc_loss
+from mlcwb.representations import Representations
 
 LANGS = ["en", "zh", "ru", "ar"]
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlcwb.errors import ConfigError, ExtractionError
-from mlcwb.extract import prompt_states
 from mlcwb.mlc import Extractor, MLCConfig, mlc_floor, mlc_loss, mlc_objective, pairwise_cosine_loss
+from mlcwb.prompt_states import prompt_states
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -46,6 +46,6 @@ def test_an_unexpected_error_is_not_swallowed(tmp_path, monkeypatch):
     def boom(path):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("mlcwb.extract.Representations.load", boom)
+    monkeypatch.setattr("mlcwb.representations.Representations.load", boom)
     with pytest.raises(RuntimeError):
         find_representations(tmp_path, "m", "last")

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from mlcwb.errors import ConfigError, ExtractionError
-from mlcwb.extract import prompt_states
 from mlcwb.mlc import Extractor, MLCConfig, mlc_loss
 from mlcwb.models import load_model
+from mlcwb.prompt_states import prompt_states
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, encoder_states, is_encoder_decoder
 from mlcwb.train import TrainModule, collator, encode_mlc, load_extractor, prepare_data, train
 from tests.test_train import LANGS, tiny_config, tiny_prompts

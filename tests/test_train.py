@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import ConfigError, LanguageError, TrainingError
 from mlcwb.io import read_jsonl
-from mlcwb.extract import computed_positions, length_buckets, prompt_states, shared_prefix
+from mlcwb.prompt_states import computed_positions, length_buckets, prompt_states, shared_prefix
 from mlcwb.mlc import Extractor, MLCConfig, mlc_loss
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.train import (TrainModule, collate_align, dpo_loss, encode_mlc, latest_checkpoint,

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="evaluation precision (default: the model's own; bfloat16 pays only where "
+                        "the hardware computes it natively, and can change answers)")
     p.add_argument("--judge", default="markers",
                    help="markers (multilingual refusal markers, offline; the default), "
                         "hf:<model id or local dir> (a local model judge) or "
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         prompts = prompts.select(split=args.split)
     if args.limit:
         prompts = type(prompts)(prompts.prompts[:args.limit], name=prompts.name)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     frame = generate(model, tokenizer, prompts, args.langs, args.max_new_tokens, args.batch_size,
                      out_path=args.out)
     judged = apply_judge(frame, judge)

@@ -7,7 +7,7 @@ import argparse
 from mlcwb.defaults import DEFAULT_MODEL
 from mlcwb.errors import ConfigError
 
-# mlcwb.extract.POOLINGS, repeated so that --help need not import torch (tests/test_cli.py checks
+# mlcwb.backbone.POOLINGS, repeated so that --help need not import torch (tests/test_cli.py checks
 # that the two agree).
 POOLINGS = ("last", "content_last", "content_mean", "mean")
 
