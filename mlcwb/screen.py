@@ -113,6 +113,8 @@ def validate_scores(judged: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFram
     """
     from scipy.stats import spearmanr
 
+    if not judged:
+        raise DataError("validate_scores needs at least one method's judged rows.")
     frames = []
     for method, frame in judged.items():
         _need(frame, ["lang", "refused", "refusal_score"])

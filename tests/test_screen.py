@@ -49,3 +49,8 @@ def test_screen_table_is_methods_by_languages():
     assert list(table.index) == ["before", "after"] and list(table.columns) == ["en"]
     assert table.loc["before", "en"] == pytest.approx(100.0)  # harmful rows (even) all above benign
     assert table.loc["after", "en"] == pytest.approx(0.0)
+
+
+def test_validate_scores_needs_rows():
+    with pytest.raises(DataError, match="at least one method"):
+        validate_scores({})
