@@ -164,7 +164,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--utility-answers", type=int, default=16)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     dev = load_corpus(LANGS).select(split="dev")
     judge = RefusalJudge()
     model, tok = load_model(args.model, device="cpu")

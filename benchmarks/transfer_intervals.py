@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlcwb.io import atomic_write_json
+from mlcwb.io import atomic_write_text
 from mlcwb.metrics import detectable_difference, diff_ci, paired_diff_ci
 from mlcwb.paths import repo_root
 
@@ -76,7 +76,7 @@ def main() -> None:
         "discrimination": round(100 * detectable_difference(nh, nb), 1),
         "change": round(100 * detectable_difference(nh, nh), 1), "power": 0.8, "alpha": 0.05,
         "base_rate": 0.5}
-    atomic_write_json(path, run)
+    atomic_write_text(path, json.dumps(run, indent=1) + "\n")  # the layout the run wrote
     langs = list(run["methods"]["raw"])
     print("| method | " + " | ".join(lang if lang in MLC_LANGS else f"{lang}*" for lang in langs) + " |")
     print("|---|" + "---:|" * len(langs))

@@ -85,18 +85,16 @@ def evaluate_methods(methods: Mapping[str, str], prompts: PromptSet, langs: Sequ
     resume key, so answers of two precisions never mix.
     """
     result = Comparison()
-    sets = {f"{set_name}_": (p, l) for set_name, (p, l) in (extra_sets or {}).items()}
-    for set_name in extra_sets or {}:
-        result.extra[set_name] = Comparison()
+    extra_sets = extra_sets or {}
+    result.extra = {set_name: Comparison() for set_name in extra_sets}
     settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot)
     for name, source in methods.items():
         model, tokenizer = load_model(source, device=device, dtype=dtype)
         _answer_and_judge(model, tokenizer, name, prompts, langs, judge,
                           out_dir / f"{prefix}{name}.jsonl", result, **settings)
-        for file_prefix, (extra_prompts, extra_langs) in sets.items():
+        for set_name, (extra_prompts, extra_langs) in extra_sets.items():
             _answer_and_judge(model, tokenizer, name, extra_prompts, extra_langs, judge,
-                              out_dir / f"{file_prefix}{name}.jsonl",
-                              result.extra[file_prefix[:-1]], **settings)
+                              out_dir / f"{set_name}_{name}.jsonl", result.extra[set_name], **settings)
         if utility_set is not None:
             result.utility[name] = utility(model, tokenizer, utility_set, utility_answers,
                                            limit=utility_limit,

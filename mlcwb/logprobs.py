@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from mlcwb.errors import ConfigError, EvaluationError
 from mlcwb.io import atomic_write_json, read_json
 from mlcwb.models import model_fingerprint
-from mlcwb.prefix import (SharedPrefix, cache_kwargs, compute_prefix, expand_cache, pack_after_prefix,
-                          prompt_rows)
+from mlcwb.prefix import SharedPrefix, after_prefix, compute_prefix, pack_after_prefix, prompt_rows
 
 if TYPE_CHECKING:
     from mlcwb.data import Prompt, PromptSet
@@ -44,7 +43,7 @@ def masked_token_logps(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[T
 
 
 def _answer_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix,
-                  targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                  targets: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Log-probs of ``targets`` predicted at ``(rows, columns)`` positions of a right-packed batch,
     computing the LM head at those positions only (the rest of the prompt needs none).
 
@@ -52,11 +51,7 @@ def _answer_logps(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Sha
     full forward, so their scores stay exact.
     """
     rows_idx, cols = rows
-    positions = ((mask.long().cumsum(-1) - 1).clamp_min(0))[:, prefix.length:]
-    kwargs: dict[str, Any] = {"input_ids": ids[:, prefix.length:], "attention_mask": mask,
-                              "position_ids": positions}
-    if prefix.cache is not None:
-        kwargs.update(cache_kwargs(model, expand_cache(prefix.cache, ids.shape[0], model.config)))
+    kwargs = after_prefix(model, ids, mask, prefix)
     config = model.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         logits = model(**kwargs).logits[rows_idx, cols - prefix.length]
@@ -95,15 +90,14 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], contin
                                       tokenizer.pad_token_id, "right")
         where = [(r, t) for r, i in enumerate(chunk)
                  for t in range(len(heads[i]), len(heads[i]) + len(tails[i]))]
-        sums = [0.0] * len(chunk)
+        sums = torch.zeros(len(chunk), dtype=torch.float64)
         if where:
             rows = torch.tensor([r for r, _ in where]), torch.tensor([t - 1 for _, t in where])
             targets = ids[rows[0], rows[1] + 1]
             logps = _answer_logps(model, ids.to(device), mask.to(device), prefix,
                                   targets.to(device), (rows[0].to(device), rows[1].to(device)))
-            for (r, _), lp in zip(where, logps.tolist()):
-                sums[r] += lp
-        results.update((i, (sums[r], len(tails[i]))) for r, i in enumerate(chunk))
+            sums.index_add_(0, rows[0], logps.double().cpu())
+        results.update((i, (float(sums[r]), len(tails[i]))) for r, i in enumerate(chunk))
     return [results[i] for i in range(len(prompts))]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mlcwb.backbone import position_ids
 from mlcwb.models import encode_prompts
 
 MIN_PREFIX = 2  # a shorter common prefix (a lone BOS) saves less than the cache costs to copy
@@ -96,6 +97,17 @@ def pack_after_prefix(rows: Sequence[Sequence[int]], prefix: int, pad_id: int,
     return ids, mask
 
 
+def after_prefix(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: "SharedPrefix") -> dict[str, Any]:
+    """Forward arguments for a packed batch whose first ``prefix.length`` columns are the shared
+    prefix: only the rows' own columns are run, positions count from each row's first token
+    (``backbone.position_ids``) and the prefix's keys/values come from its cache."""
+    kwargs: dict[str, Any] = {"input_ids": ids[:, prefix.length:], "attention_mask": mask,
+                              "position_ids": position_ids(mask)[:, prefix.length:]}
+    if prefix.cache is not None:
+        kwargs.update(cache_kwargs(model, expand_cache(prefix.cache, ids.shape[0], model.config)))
+    return kwargs
+
+
 @dataclass
 class SharedPrefix:
     """The tokens every prompt of a call starts with and their keys/values (``mlcwb.prefix``)."""
@@ -123,5 +135,5 @@ def compute_prefix(model: Any, rows: Sequence[Sequence[int]]) -> SharedPrefix:
     return SharedPrefix(length, cache) if cache is not None else SharedPrefix()
 
 
-__all__ = ["MIN_PREFIX", "SharedPrefix", "cache_kwargs", "common_prefix", "compute_prefix",
+__all__ = ["MIN_PREFIX", "SharedPrefix", "after_prefix", "cache_kwargs", "common_prefix", "compute_prefix",
            "expand_cache", "pack_after_prefix", "prefix_cache", "prompt_rows", "returned_cache"]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mlcwb.errors import DataError
 from mlcwb.generation import Prompts, prompt_jobs
-from mlcwb.prefix import SharedPrefix, cache_kwargs, compute_prefix, expand_cache, pack_after_prefix, prompt_rows
+from mlcwb.prefix import SharedPrefix, after_prefix, compute_prefix, pack_after_prefix, prompt_rows
 from mlcwb.refusal_score import score_rows
 
 SCREEN_AUROC = 0.9  # the AUROC against the judge from which a language's score may screen
@@ -35,10 +35,7 @@ SCREEN_AUROC = 0.9  # the AUROC against the judge from which a language's score 
 @torch.inference_mode()
 def _last_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix) -> torch.Tensor:
     """Logits at each row's last position; only the rows' own tokens are run after the prefix."""
-    kwargs: dict[str, Any] = {"input_ids": ids[:, prefix.length:], "attention_mask": mask}
-    kwargs["position_ids"] = ((mask.long().cumsum(-1) - 1).clamp_min(0))[:, prefix.length:]
-    if prefix.cache is not None:
-        kwargs.update(cache_kwargs(model, expand_cache(prefix.cache, ids.shape[0], model.config)))
+    kwargs = after_prefix(model, ids, mask, prefix)
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = 1
     return model(**kwargs).logits[:, -1]
@@ -130,17 +127,17 @@ def validate_scores(judged: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFram
     per_lang["screen"] = per_lang["auroc"] >= SCREEN_AUROC
     rates = rows.groupby(["method", "lang"], sort=False).agg(
         judged=("refused", "mean"), score=("p_refusal", "mean")).mul(100)
+    judged_rates = rates["judged"].unstack("method")  # lang x method
+    score_rates = rates["score"].unstack("method")
     kept, pairs = 0, 0
     methods = list(judged)
-    for lang in rates.index.get_level_values("lang").unique():
-        for i, a in enumerate(methods):
-            for b in methods[i + 1:]:
-                if (a, lang) in rates.index and (b, lang) in rates.index:
-                    dj = rates.loc[(b, lang), "judged"] - rates.loc[(a, lang), "judged"]
-                    ds = rates.loc[(b, lang), "score"] - rates.loc[(a, lang), "score"]
-                    if dj != 0:
-                        pairs += 1
-                        kept += int(np.sign(dj) == np.sign(ds))
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            dj = (judged_rates[b] - judged_rates[a]).dropna()
+            ds = (score_rates[b] - score_rates[a]).reindex(dj.index)
+            changed = dj != 0
+            pairs += int(changed.sum())
+            kept += int((np.sign(dj[changed]) == np.sign(ds[changed])).sum())
     rho = spearmanr(rates["judged"], rates["score"]).statistic if len(rates) > 2 else float("nan")
     agreement = pd.DataFrame([{"spearman_rates": float(rho), "sign_pairs": pairs,
                                "sign_kept": kept / pairs if pairs else float("nan")}])

@@ -55,3 +55,24 @@ def test_training_figures_draw_mlc_and_collapse_only_where_mlc_ran():
     assert list(figs) == ["04_align_loss", "04_mlc_loss", "04_collapse_watch"]
     assert {t.name for t in figs["04_collapse_watch"].data} == {"mlc, pair_cos", "mlc, prompt_cos"}
     assert any(shape["y0"] == 0.03 for shape in figs["04_mlc_loss"].layout.shapes)
+
+
+def test_evaluate_methods_loads_each_model_once_for_every_prompt_set(tmp_path, monkeypatch):
+    import mlcwb.compare as compare
+    from mlcwb.judges import RefusalJudge
+
+    loads = []
+    real = compare.load_model
+    monkeypatch.setattr(compare, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    corpus = load_corpus()
+    prompts = comparison_prompts(corpus, ["en"], n_harmful=1, n_benign=1)
+    jail = comparison_prompts(corpus, ["en", "zh"], n_harmful=2, n_benign=0)
+    result = compare.evaluate_methods({"raw": "tiny-random-llama"}, prompts, ["en"], RefusalJudge(),
+                                      tmp_path, max_new_tokens=2, batch_size=2, n_boot=20,
+                                      utility_set=prompts, utility_limit=1,
+                                      extra_sets={"jail": (jail, ["zh"])}, device="cpu")
+    assert len(loads) == 1
+    assert (tmp_path / "raw.jsonl").is_file() and (tmp_path / "jail_raw.jsonl").is_file()
+    assert list(result.extra["jail"].metrics["raw"].index) == ["zh"]
+    assert len(result.extra["jail"].judged["raw"]) == 2 and len(result.judged["raw"]) == 2
+    assert (tmp_path / "raw.utility.json").is_file() and set(result.utility["raw"]) == {"en"}
