@@ -33,7 +33,8 @@ from mlcwb.bench import measuring, write_result
 from mlcwb.data import load_corpus, load_corpus_answers
 from mlcwb.generation import generate
 from mlcwb.io import write_jsonl
-from mlcwb.judges import RefusalJudge, apply_judge
+from mlcwb.judge_markers import RefusalJudge
+from mlcwb.judges import apply_judge
 from mlcwb.logprobs import utility
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.paths import repo_root

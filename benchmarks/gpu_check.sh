@@ -63,7 +63,8 @@ from mlc_step_overhead import MLC_PROMPTS, N_LANGS, PAIRS, synthetic_prompts  # 
 
 from mlcwb.bench import write_result  # noqa: E402
 from mlcwb.mlc import MLCConfig  # noqa: E402
-from mlcwb.models import DEFAULT_MODEL, PACKAGED, byte_tokenizer, cache_dir, load_model  # noqa: E402
+from mlcwb.model_fetch import PACKAGED, cache_dir  # noqa: E402
+from mlcwb.models import DEFAULT_MODEL, byte_tokenizer, load_model  # noqa: E402
 from mlcwb.train import train  # noqa: E402
 from mlcwb.train_config import TrainConfig  # noqa: E402
 

@@ -8,9 +8,9 @@ warm-up and not counted.
 Baseline: alignment-only step. Candidate: the average step of alignment + MLC (ours: prompt-only
 backbone forward, the shared template prefix run once, the rest in length buckets) with
 aux_every = 2. Also measured: the same with the MLC rows in one padded batch (``buckets="none"``),
-to show what the buckets buy. ``ratio`` = baseline / candidate (DESIGN.md section 9), so the
-issue's target "MLC adds at most 1.5x on average" is ratio >= 0.667. Beside it: the floor set by the
-token counts (the MLC prompts are tokens no implementation can skip).
+to show what the buckets buy. ``ratio`` = baseline / candidate (``mlcwb.bench.write_result``), so
+the issue's target "MLC adds at most 1.5x on average" is ratio >= 0.667. Beside it: the floor set by
+the token counts (the MLC prompts are tokens no implementation can skip).
 
 ``mlc_vs_official_batching.py`` reuses ``run_variant`` for the paper's batching.
 """

@@ -25,7 +25,8 @@ from mlcwb.bench import machine_info
 from mlcwb.data import load_corpus
 from mlcwb.generation import generate
 from mlcwb.io import atomic_write_json
-from mlcwb.judges import RefusalJudge, apply_judge
+from mlcwb.judge_markers import RefusalJudge
+from mlcwb.judges import apply_judge
 from mlcwb.models import load_model
 from mlcwb.paths import repo_root
 from mlcwb.metrics import language_metrics

@@ -27,13 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mlcwb.defaults import POOLINGS  # defined there, torch-free, for the command line and mlc
 from mlcwb.errors import ConfigError, ExtractionError
-
-POOLINGS = ("last", "content_last", "content_mean", "mean")
-"""``last``: last non-pad token; with a chat template that is the last token of the generation
-prompt (``<|im_start|>assistant\\n``), the position the paper pools and the one the first answer
-token is predicted from. ``content_last``: last token of the user's text. ``content_mean``: mean
-over the user's text. ``mean``: mean over every non-pad token (template included)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from mlcwb import __version__
-from mlcwb.commands import config, evaluate, extract, fetch_model, notebooks, reproduce, train, translate
+from mlcwb.commands import (config, evaluate, extract, fetch_model, notebooks, presets, reproduce, train,
+                            translate)
 from mlcwb.commands.base import run_command
 
-COMMANDS = (fetch_model, translate, extract, train, evaluate, reproduce, config, notebooks)
+COMMANDS = (fetch_model, translate, extract, train, evaluate, reproduce, presets, config, notebooks)
 DESCRIPTION = ("The Multi-Lingual Consistency workbench: fetch a model, translate prompts, extract "
                "hidden states, train with the MLC loss, evaluate safety per language, or run the "
                "whole notebook series (reproduce).")

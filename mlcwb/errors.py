@@ -61,3 +61,7 @@ class TrainingError(MLCWBError):
 
 class EvaluationError(MLCWBError):
     """Generation or judging failed (judge unreachable, malformed verdict, ...)."""
+
+
+class RunLockedError(MLCWBError):
+    """A run or output directory is in use by another process (its ``mlcwb.lock`` says which)."""

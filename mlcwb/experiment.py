@@ -18,6 +18,7 @@ stage that dies mid-training costs only the steps since the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARMS = ("align", "mlc", "mlc_seq", "mlc_only")
-_IGNORED = {"resume", "output_dir"}  # may differ between a run and its rerun
+_IGNORED = {"resume", "output_dir", "report_to"}  # may differ between a run and its rerun
 
 
 @dataclass
@@ -65,6 +66,10 @@ def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
     if base.align == "none" and set(arms) - {"mlc_only"}:
         raise ConfigError("base.align is 'none': only the mlc_only arm can be trained without "
                           "an alignment loss.")
+    if mlc.lam <= 0 and set(arms) & {"mlc", "mlc_seq", "mlc_only"}:
+        raise ConfigError(f"mlc.lam is {mlc.lam}: the arms {sorted(set(arms) & {'mlc', 'mlc_seq', 'mlc_only'})} "
+                          f"would train without the MLC term and pass for MLC arms. Set lam > 0, or "
+                          f"train only the 'align' arm.")
     root = Path(base.output_dir)
     derived = {
         "align": lambda: base.replace(mlc=None, schedule="joint"),
@@ -115,6 +120,35 @@ def train_arm(name: str, config: TrainConfig, prompts: PromptSet | None = None) 
                      resumed_from=result.resumed_from)
 
 
+# What shaped an arm, as the training summary and the report name it.
+_ARM_KEYS = ("align", "pref_loss", "lr", "epochs", "batch_size", "max_prompts", "seed", "precision",
+             "schedule")
+_MLC_KEYS = ("lam", "tau", "variant", "centre", "layer", "pooling", "aux_every", "batch_size",
+             "extractor")
+
+
+def arm_settings(configs: dict[str, TrainConfig], results: dict[str, ArmResult] | None = None
+                 ) -> dict[str, dict]:
+    """Every setting that shaped each arm (λ, τ, variant, centring, layer, pooling, lr, steps,
+    prompts, languages, seed, alignment loss, precision, LoRA), for the training summary: a result
+    read without its settings cannot be compared with another. ``results`` add the steps run and
+    the MLC layer used (the chosen one where ``layer`` is ``auto``)."""
+    out = {}
+    for arm, config in configs.items():
+        row = {key: getattr(config, key) for key in _ARM_KEYS}
+        row["mlc_languages"] = list(config.langs) if config.mlc is not None else []
+        row["lora"] = config.lora is not None
+        if config.mlc is not None:
+            row.update({f"mlc_{key}": getattr(config.mlc, key) for key in _MLC_KEYS})
+        if results and arm in results:
+            row["steps"] = results[arm].steps
+            summary = Path(config.output_dir) / "summary.json"
+            if config.mlc is not None and summary.is_file():
+                row["mlc_layer"] = json.loads(summary.read_text(encoding="utf-8")).get("mlc_layer", row["mlc_layer"])
+        out[arm] = row
+    return out
+
+
 def train_arms(configs: dict[str, TrainConfig], prompts: PromptSet | None = None) -> dict[str, ArmResult]:
     """Every arm in order (see ``train_arm``); the trained models are freed between arms."""
     import gc
@@ -126,4 +160,4 @@ def train_arms(configs: dict[str, TrainConfig], prompts: PromptSet | None = None
     return results
 
 
-__all__ = ["ARMS", "ArmResult", "arm_configs", "train_arm", "train_arms"]
+__all__ = ["ARMS", "ArmResult", "arm_configs", "arm_settings", "train_arm", "train_arms"]

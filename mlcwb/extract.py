@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlcwb.backbone import POOLINGS, Backbone, backbone, pool_hidden, position_ids, resolve_layers
+from mlcwb.backbone import Backbone, backbone, pool_hidden, position_ids, resolve_layers
+from mlcwb.defaults import POOLINGS
 from mlcwb.errors import CacheError, ConfigError, ExtractionError, LanguageError
 from mlcwb.models import (encode_prompts, format_prompt, model_fingerprint, resolve_device,
                           uses_chat_template)

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcwb.backbone import POOLINGS
+from mlcwb.defaults import POOLINGS
 from mlcwb.errors import ConfigError
 
-VARIANTS = ("official", "cosine", "contrastive")
+VARIANTS = ("official", "cosine", "contrastive", "label_contrastive")
+CENTRINGS = ("none", "batch", "running")
 EXTRACTORS = ("linear", "frozen", "identity")
 BATCHINGS = ("separate", "official")
 BUCKETINGS = ("auto", "length", "none")
@@ -46,7 +47,9 @@ _EPS = 1e-6
 class MLCConfig:
     """How the MLC term is computed and weighted (paper defaults).
 
-    ``layer`` counts like ``hidden_states`` (0 = embeddings, -1 = after the final norm);
+    ``layer`` counts like ``hidden_states`` (0 = embeddings, -1 = after the final norm), or
+    ``auto``: the layer where the untrained model's translations are already closest
+    (``mlcwb.layer_choice``, recorded in the run's ``summary.json``);
     ``pooling`` picks the position: ``last`` is the official last prompt token (a chat-template
     token identical in every language), ``content_last``/``content_mean`` look at the user's words.
     ``batching="official"`` appends the prompts to the policy batch like the paper's code
@@ -56,6 +59,11 @@ class MLCConfig:
     positions it computes, and keeps one batch on an accelerator, where fewer launches win.
     ``variant="contrastive"`` cannot be met by collapse (every prompt mapped to one direction):
     a prompt's translations must be closer to each other than to the batch's other prompts.
+    ``variant="label_contrastive"`` contrasts a prompt only with prompts of the other label
+    (harmful vs benign), so the direction harmful prompts share is not pushed apart.
+    ``centre`` subtracts each language's mean row before the term (``batch``: over the batch's
+    prompts; ``running``: a running mean kept across steps with ``centre_momentum``), so what is
+    made collinear is a prompt's content, not its language; collapse then costs the most.
     """
 
     lam: float = 0.8
@@ -65,12 +73,14 @@ class MLCConfig:
     extractor: str = "linear"
     extractor_dim: int = 512
     extractor_lr: float | None = None  # None: the model's lr
-    layer: int = -1
+    layer: int | str = -1  # or "auto": chosen from the untrained model's geometry
     pooling: str = "last"
     lang_weights: dict[str, float] | None = None
     batching: str = "separate"
     batch_size: int = 2  # prompts per MLC step; each brings all its languages
     buckets: str = "auto"
+    centre: str = "none"
+    centre_momentum: float = 0.9
 
     def validate(self) -> MLCConfig:
         checks = [
@@ -79,13 +89,22 @@ class MLCConfig:
             (self.pooling in POOLINGS, f"mlc.pooling {self.pooling!r}: use one of {POOLINGS}"),
             (self.batching in BATCHINGS, f"mlc.batching {self.batching!r}: use one of {BATCHINGS}"),
             (self.buckets in BUCKETINGS, f"mlc.buckets {self.buckets!r}: use one of {BUCKETINGS}"),
+            (self.centre in CENTRINGS, f"mlc.centre {self.centre!r}: use one of {CENTRINGS}"),
+            (self.layer == "auto" or (isinstance(self.layer, int) and not isinstance(self.layer, bool)),
+             f"mlc.layer {self.layer!r}: use a hidden_states index (-1: the last) or 'auto'"),
+            (0 <= self.centre_momentum < 1,
+             f"mlc.centre_momentum must be in [0, 1), got {self.centre_momentum}"),
+            (self.centre != "batch" or self.batch_size >= 2,
+             f"mlc.centre 'batch' subtracts the mean over the batch's prompts: mlc.batch_size must "
+             f"be >= 2, got {self.batch_size} (or use mlc.centre: running)"),
             (self.lam >= 0, f"mlc.lam must be >= 0, got {self.lam}"),
             (self.tau > 0, f"mlc.tau must be > 0, got {self.tau}"),
             (self.aux_every >= 1, f"mlc.aux_every must be >= 1, got {self.aux_every}"),
             (self.extractor_dim >= 1, f"mlc.extractor_dim must be >= 1, got {self.extractor_dim}"),
             (self.batch_size >= 1, f"mlc.batch_size must be >= 1, got {self.batch_size}"),
-            (self.variant != "contrastive" or self.batch_size >= 2,
-             f"mlc.variant 'contrastive' contrasts prompts: mlc.batch_size must be >= 2, got {self.batch_size}"),
+            (self.variant not in ("contrastive", "label_contrastive") or self.batch_size >= 2,
+             f"mlc.variant {self.variant!r} contrasts prompts: mlc.batch_size must be >= 2, "
+             f"got {self.batch_size}"),
             (self.extractor_lr is None or self.extractor_lr >= 0,
              f"mlc.extractor_lr must be >= 0, got {self.extractor_lr}"),
             (not self.lang_weights or all(w >= 0 for w in self.lang_weights.values()),
@@ -174,6 +193,31 @@ def pairwise_cosine_loss(z: Tensor | list[Tensor], weights: Tensor | Sequence[fl
         return _cosine(_normalize(z), weights).mean()
 
 
+def _info_nce(zn: Tensor, owner: Tensor, contrast: Tensor, tau: float,
+              weights: Tensor | Sequence[float] | None, n_prompts: int) -> Tensor:
+    """Rows' mean -log p(positive) over positives (same ``owner``) and the rows ``contrast``
+    allows as negatives; a row with no negative has nothing to be told apart from and is left out."""
+    eye = torch.eye(len(zn), dtype=torch.bool, device=zn.device)
+    positive = (owner[:, None] == owner[None, :]) & ~eye
+    kept = positive | contrast
+    logits = (zn @ zn.T / tau).masked_fill(~kept, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    rows = -log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)
+    w = torch.ones(len(rows), dtype=rows.dtype, device=rows.device) if weights is None else (
+        torch.as_tensor(weights).to(rows).repeat(n_prompts))
+    w = w * contrast.any(1)
+    return (rows * w).sum() / w.sum().clamp_min(_EPS)
+
+
+def _groups(z: Tensor, what: str) -> tuple[Tensor, int, int]:
+    z = _as_float32(z)
+    n_prompts, n_langs, _ = z.shape
+    if n_prompts < 2 or n_langs < 2:
+        raise ConfigError(f"the {what} MLC term needs >= 2 prompts and >= 2 languages per "
+                          f"batch, got {n_prompts} x {n_langs}; raise mlc.batch_size.")
+    return z, n_prompts, n_langs
+
+
 def contrastive_loss(z: Tensor, tau: float = 0.2, weights: Tensor | Sequence[float] | None = None) -> Tensor:
     """InfoNCE over a batch of prompt groups: a row's positives are its own prompt's other
     languages, its negatives every other prompt's rows (supervised-contrastive form).
@@ -184,22 +228,48 @@ def contrastive_loss(z: Tensor, tau: float = 0.2, weights: Tensor | Sequence[flo
     keeping different prompts apart. ``z``: (P, L, D) with P >= 2; ``weights``: per language (L,).
     """
     with full_precision():
+        z, n_prompts, n_langs = _groups(z, "contrastive")
+        owner = torch.arange(n_prompts, device=z.device).repeat_interleave(n_langs)
+        other = owner[:, None] != owner[None, :]
+        return _info_nce(_normalize(z).reshape(n_prompts * n_langs, -1), owner, other, tau,
+                         weights, n_prompts)
+
+
+def label_contrastive_loss(z: Tensor, labels: Tensor | Sequence[bool], tau: float = 0.2,
+                           weights: Tensor | Sequence[float] | None = None) -> Tensor:
+    """InfoNCE whose negatives are only prompts of the other label (harmful vs benign).
+
+    The plain contrastive form pushes every other prompt away, the other harmful prompts
+    included, and with them the direction they share: measured, it erased refusal. Here two harmful
+    prompts are neither positives nor negatives of each other, so a shared "harmful" direction
+    costs nothing, while mapping both labels to one direction (collapse) still costs the most.
+    A batch of one label has no negatives and gives 0. ``labels``: (P,), True = harmful.
+    """
+    with full_precision():
+        z, n_prompts, n_langs = _groups(z, "label-contrastive")
+        labels = torch.as_tensor(labels, device=z.device).bool().reshape(-1)
+        if len(labels) != n_prompts:
+            raise ConfigError(f"label_contrastive needs one label per prompt: {len(labels)} labels "
+                              f"for {n_prompts} prompts.")
+        owner = torch.arange(n_prompts, device=z.device).repeat_interleave(n_langs)
+        row_label = labels.repeat_interleave(n_langs)
+        other_label = row_label[:, None] != row_label[None, :]
+        return _info_nce(_normalize(z).reshape(n_prompts * n_langs, -1), owner, other_label, tau,
+                         weights, n_prompts)
+
+
+def centre_languages(z: Tensor, means: Tensor | None = None) -> Tensor:
+    """Rows minus each language's mean row: ``means`` (L, D), or the batch's own.
+
+    If a state is its content plus a per-language offset, the offset goes and the translations
+    of one prompt coincide; if every prompt is mapped to one direction, nothing is left (zero
+    rows), which the official loss scores log(L), its worst. ``z``: (P, L, D).
+    """
+    with full_precision():
         z = _as_float32(z)
-        n_prompts, n_langs, _ = z.shape
-        if n_prompts < 2 or n_langs < 2:
-            raise ConfigError(f"the contrastive MLC term needs >= 2 prompts and >= 2 languages per "
-                              f"batch, got {n_prompts} x {n_langs}; raise mlc.batch_size.")
-        zn = _normalize(z).reshape(n_prompts * n_langs, -1)
-        eye = torch.eye(len(zn), dtype=torch.bool, device=zn.device)
-        logits = (zn @ zn.T / tau).masked_fill(eye, float("-inf"))
-        owner = torch.arange(n_prompts, device=zn.device).repeat_interleave(n_langs)
-        positive = (owner[:, None] == owner[None, :]) & ~eye
-        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        rows = -log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)
-        if weights is None:
-            return rows.mean()
-        w = torch.as_tensor(weights).to(rows).repeat(n_prompts)
-        return (rows * w).sum() / w.sum().clamp_min(_EPS)
+        if not isinstance(z, Tensor):
+            raise ConfigError("mlc.centre needs every prompt in the same languages (one (P, L, D) batch).")
+        return z - (z.mean(0) if means is None else means.to(z))
 
 
 def mlc_floor(n_langs: int, tau: float = 0.2) -> float:
@@ -208,8 +278,17 @@ def mlc_floor(n_langs: int, tau: float = 0.2) -> float:
 
 
 def mlc_objective(z: Tensor | list[Tensor], config: MLCConfig,
-                  weights: Tensor | Sequence[float] | None = None) -> Tensor:
-    """The variant ``config.variant`` of the MLC term (without lambda)."""
+                  weights: Tensor | Sequence[float] | None = None,
+                  labels: Tensor | Sequence[bool] | None = None, means: Tensor | None = None) -> Tensor:
+    """The variant ``config.variant`` of the MLC term (without lambda), on language-centred rows
+    when ``config.centre`` asks (``means``: the running means; None: the batch's)."""
+    if config.centre != "none":
+        z = centre_languages(z, means if config.centre == "running" else None)
+    if config.variant == "label_contrastive":
+        if labels is None:
+            raise ConfigError("mlc.variant 'label_contrastive' needs each MLC prompt's harmful/benign "
+                              "label; the prompt set has none.")
+        return label_contrastive_loss(z, labels, config.tau, weights)
     if config.variant == "cosine":
         return pairwise_cosine_loss(z, weights)
     if config.variant == "contrastive":
@@ -218,7 +297,8 @@ def mlc_objective(z: Tensor | list[Tensor], config: MLCConfig,
 
 
 def mlc_term(z: Tensor, n_langs: int, config: MLCConfig,
-             weights: Tensor | Sequence[float] | None = None) -> Tensor:
+             weights: Tensor | Sequence[float] | None = None,
+             labels: Tensor | Sequence[bool] | None = None, means: Tensor | None = None) -> Tensor:
     """The MLC term of one batch of prompt groups: ``z`` holds the extracted rows prompt-major
     (all languages of prompt 0, then prompt 1, ...), as ``encode_mlc`` lays them out.
 
@@ -227,7 +307,7 @@ def mlc_term(z: Tensor, n_langs: int, config: MLCConfig,
     """
     if z.shape[0] % n_langs:
         raise ConfigError(f"{z.shape[0]} MLC rows do not split into groups of {n_langs} languages.")
-    return mlc_objective(z.reshape(-1, n_langs, z.shape[-1]), config, weights)
+    return mlc_objective(z.reshape(-1, n_langs, z.shape[-1]), config, weights, labels, means)
 
 
 def use_buckets(config: MLCConfig | None, device: torch.device) -> bool:
@@ -244,9 +324,12 @@ class Extractor(nn.Module):
     ``linear`` is trained jointly (official); ``frozen`` is the same random map never trained
     (so it cannot collapse Z by itself); ``identity`` measures the raw hidden states.
     Weights are seeded, so the reference projection of a run can be rebuilt from its seed.
+    With ``n_langs`` it also keeps each language's running mean row (``mlc.centre: running``):
+    saved, moved and resumed with the head it belongs to.
     """
 
-    def __init__(self, hidden_size: int, dim: int = 512, kind: str = "linear", seed: int = 0):
+    def __init__(self, hidden_size: int, dim: int = 512, kind: str = "linear", seed: int = 0,
+                 n_langs: int = 0):
         super().__init__()
         if kind not in EXTRACTORS:
             raise ConfigError(f"extractor kind {kind!r}: use one of {EXTRACTORS}")
@@ -260,6 +343,24 @@ class Extractor(nn.Module):
                 self.proj.weight.uniform_(-bound, bound, generator=generator)
                 self.proj.bias.uniform_(-bound, bound, generator=generator)
             self.proj.requires_grad_(kind == "linear")
+        means = torch.zeros(n_langs, hidden_size if self.proj is None else dim) if n_langs else None
+        self.register_buffer("lang_means", means)
+        self.register_buffer("lang_steps", torch.zeros((), dtype=torch.long) if n_langs else None)
+
+    def language_means(self, z: Tensor, momentum: float) -> Tensor:
+        """The running mean of each language's row, updated with this (P, L, D) batch while
+        training (the first batch sets it); detached, a fixed point to centre on."""
+        if self.lang_means is None:
+            raise ConfigError("this extractor keeps no language means: build it with n_langs.")
+        with torch.no_grad(), full_precision():
+            batch = _as_float32(z.detach()).mean(0)
+            if self.training:
+                if int(self.lang_steps) == 0:
+                    self.lang_means.copy_(batch)
+                else:
+                    self.lang_means.mul_(momentum).add_(batch, alpha=1 - momentum)
+                self.lang_steps += 1
+        return self.lang_means.clone()
 
     def forward(self, hidden: Tensor) -> Tensor:
         """float32 output with autocast off: the loss that follows wants full precision."""
@@ -284,7 +385,8 @@ def language_weights(langs: list[str], weights: dict[str, float] | None) -> Tens
 
 
 __all__ = [
-    "BATCHINGS", "BUCKETINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS", "VARIANTS",
-    "contrastive_loss", "full_precision", "language_weights", "mlc_floor", "mlc_loss",
-    "mlc_objective", "mlc_term", "pairwise_cosine_loss", "use_buckets",
+    "BATCHINGS", "BUCKETINGS", "CENTRINGS", "EXTRACTORS", "Extractor", "MLCConfig", "POOLINGS",
+    "VARIANTS", "centre_languages", "contrastive_loss", "full_precision", "label_contrastive_loss",
+    "language_weights", "mlc_floor", "mlc_loss", "mlc_objective", "mlc_term",
+    "pairwise_cosine_loss", "use_buckets",
 ]

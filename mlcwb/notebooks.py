@@ -196,6 +196,18 @@ def _source_line(cell: Any) -> str:
     return first if len(first) <= 80 else first[:77] + "..."
 
 
+class _QuietInterrupt:
+    """Mixed into the notebook client: on Ctrl-C the kernel is killed at once, since one shut down
+    gracefully in the middle of a cell prints a traceback of its own on the terminal."""
+
+    def papermill_execute_cells(self) -> None:
+        try:
+            super().papermill_execute_cells()  # type: ignore[misc]
+        except KeyboardInterrupt:
+            self.shutdown_kernel = "immediate"  # read by nbclient's cleanup, which runs next
+            raise
+
+
 @functools.lru_cache(maxsize=None)
 def _register_progress_engine() -> str:
     """A papermill engine whose notebook client also reports progress to ``mlcwb.notebooks``:
@@ -208,7 +220,7 @@ def _register_progress_engine() -> str:
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, papermill_engines
 
-    class ProgressClient(PapermillNotebookClient):
+    class ProgressClient(_QuietInterrupt, PapermillNotebookClient):
         def __init__(self, nb_man: Any, stage: str, **kwargs: Any) -> None:
             super().__init__(nb_man, **kwargs)
             emit = functools.partial(log.info, "%s | %s", stage)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mlcwb import run_lock
+
 SHARED_DATA_ENV = "MLCWB_SHARED_DATA"
 
 
@@ -29,10 +31,19 @@ def shared_data_dir() -> Path:
     return Path(env) if env else repo_root().parent / "shared" / "data"
 
 
-def open_run_dir(path: str | Path) -> Path:
+def open_run_dir(path: str | Path, lock: bool = False) -> Path:
     """A run directory (``runs/<name>/``), created if missing, as an absolute path (a relative one
     is taken from the working directory), so a notebook's ``run_dir`` parameter names one folder
-    whichever way it is written."""
+    whichever way it is written.
+
+    A directory another run holds (``mlcwb reproduce``, ``mlcwb train``: ``mlcwb.run_lock``) raises
+    ``RunLockedError``, except in the kernels that run started. With ``lock`` this process also
+    holds the directory until it exits; without (a notebook), it only checks, so the notebooks of
+    a series open in JupyterLab share their directory."""
     path = Path(path).resolve()
     path.mkdir(parents=True, exist_ok=True)
+    if lock:
+        run_lock.acquire(path)
+    else:
+        run_lock.check(path)
     return path

@@ -6,7 +6,7 @@ next. A stage is skipped when its executed notebook is there and its key matches
 the notebook, its parameters, the key of the stage before it and mlcwb's own version and source,
 so a crashed run restarts where it stopped, and a change anywhere reruns that stage and every
 stage after it (a later stage reads what an earlier one wrote). The run ends with ``report.md``
-and ``report.html``.
+and ``report.html``. What each notebook gets comes from a preset, a YAML file (``mlcwb.presets``).
 """
 
 from __future__ import annotations
@@ -17,141 +17,17 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlcwb.errors import ConfigError, LanguageError, ModelFetchError
-from mlcwb.io import atomic_write_json, read_yaml
-from mlcwb.languages import PAPER_LANGUAGES
+from mlcwb.io import atomic_write_json
 from mlcwb.notebooks import execute_notebook, notebook_paths
 from mlcwb.paths import open_run_dir
+from mlcwb.presets import Preset, load_preset
+from mlcwb.run_lock import RunLock
 
 log = logging.getLogger(__name__)
-
-# The corpus's languages, MLC's training languages first (the transfer preset trains on five).
-TRANSFER_LANGUAGES = ["en", "zh", "ru", "ja", "ar", "fr", "de", "es", "bn", "sw", "ur"]
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Parameters for the whole series: ``common`` goes to every notebook that declares the name,
-    ``notebooks`` to one notebook each (and must name parameters that notebook declares)."""
-
-    name: str
-    description: str
-    common: dict[str, Any]
-    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    notes: str = ""
-    sweep: str | None = None  # repo-relative JSON of the measurement that chose the sizes
-    cell_timeout: float | None = None  # seconds per notebook cell; None: no limit
-
-    @property
-    def model(self) -> str:
-        return self.common["model_name"]
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        name="tiny",
-        description="plumbing check: a tiny random model, 2 languages, a few steps (seconds)",
-        common={"model_name": "tiny-random-llama", "languages": ["en", "zh"], "device": "cpu"},
-        notebooks={
-            "00_quickstart": {"max_new_tokens": 4},
-            "01_translation": {"n_prompts": 4, "languages": ["zh", "ru"]},
-            "02_hidden_states": {"n_prompts": 4, "layers": [0, -1]},
-            "03_geometry_umap": {"n_prompts": 8, "method": "pca"},
-            "04_mlc_training": {"train_prompts": 4, "heldout_prompts": 4, "lr": 1e-3,
-                                "aux_every": 1, "schedules": ["joint", "sequential"],
-                                "mlc_only": True, "save_every": 2},
-            "05_safety_comparison": {"n_harmful": 4, "n_benign": 4, "max_new_tokens": 4,
-                                     "utility_prompts": 2, "n_boot": 50},
-        },
-    ),
-    "quick": Preset(
-        name="quick",
-        description="the bundled SmolLM2-135M-Instruct, the project corpus, 6 languages, "
-                    "under 30 minutes on 2 CPU cores",
-        common={"model_name": "smollm2-135m-instruct",
-                "languages": ["en", "zh", "ru", "ar", "fr", "es"], "device": "auto"},
-        notebooks={
-            "01_translation": {"languages": ["zh", "ru", "ar", "fr", "es"]},
-            "02_hidden_states": {"n_prompts": 96},
-            "03_geometry_umap": {"n_prompts": 96},
-            "04_mlc_training": {"align": "sft", "train_prompts": 144, "epochs": 1, "lr": 5e-5,
-                                "schedules": ["joint", "sequential"]},
-            "05_safety_comparison": {"max_new_tokens": 32},
-        },
-        sweep="benchmarks/results/quick_preset_sweep.json",
-        notes="Alignment sizes chosen by a sweep of English-only SFT/DPO settings (table below: ten "
-              "on SmolLM2-135M, two on Gemma 3 270M): sft-144x1-5e-5 left the most room of those that "
-              "fit the 30-minute budget on the bundled model (English safety 94% vs 75% on average "
-              "elsewhere). No setting made either model tell harmful from benign prompts: every one "
-              "that raised English safety raised over-refusal about as much, so this preset "
-              "demonstrates the pipeline, not a safety transfer.",
-    ),
-    "transfer": Preset(
-        name="transfer",
-        description="the experiment that can answer the question: Qwen2.5-Coder-0.5B-Instruct "
-                    "(refuses harmful requests in English far more than elsewhere), English-only "
-                    "alignment vs + MLC joint, sequential and MLC alone; MLC on en zh ru ja ar, the "
-                    "other six corpus languages unseen; the whole test split (48 + 48 prompts per "
-                    "language) and MultiJail (about 3 h on 2 CPU cores)",
-        common={"model_name": "qwen2.5-coder-0.5b-instruct", "languages": TRANSFER_LANGUAGES,
-                "device": "auto"},
-        notebooks={
-            "00_quickstart": {"max_new_tokens": 32},
-            "01_translation": {"languages": TRANSFER_LANGUAGES[1:]},
-            "02_hidden_states": {"n_prompts": 96},
-            "03_geometry_umap": {"n_prompts": 96},
-            "04_mlc_training": {"mlc_languages": TRANSFER_LANGUAGES[:5], "align": "sft",
-                                "train_prompts": 64, "lr": 1e-5, "mlc_batch_size": 4,
-                                "mlc_only": True, "mlc_only_lr": 1e-6, "variant": "official",
-                                "schedules": ["joint", "sequential"], "heldout_prompts": 48,
-                                "save_every": 4},
-            # The whole test split. Batch 64: 1.58 answers/s against 1.04 at 16 (Qwen, 2 cores,
-            # 32 new tokens). Utility: 16 reference answers per language, 4.7-5.5 min per model
-            # (a Bengali prompt + answer is ~500 tokens).
-            "05_safety_comparison": {"n_harmful": 48, "n_benign": 48, "max_new_tokens": 32,
-                                     "multijail_prompts": 24, "batch_size": 64, "utility_prompts": 16},
-        },
-        sweep="benchmarks/results/transfer_sweep.json",
-        notes="Alignment and MLC settings measured on the dev split by "
-              "benchmarks/transfer_sweep.py (criterion and candidates below). The raw model "
-              "already tells harmful from benign in English (dev: +54 points) and hardly at all "
-              "elsewhere (+2 on average over zh ru ja ar), so the MLC-only arm asks whether "
-              "consistency alone carries that over.",
-    ),
-    "cpu-full": Preset(
-        name="cpu-full",
-        description="every corpus language, the full train split, more steps (hours on CPU)",
-        common={"model_name": "smollm2-135m-instruct", "languages": None, "device": "auto"},
-        notebooks={
-            "01_translation": {"languages": ["zh", "ru", "ja", "ar", "bn", "sw", "ur", "fr", "de", "es"]},
-            "02_hidden_states": {"n_prompts": 432},
-            "03_geometry_umap": {"n_prompts": 432},
-            "04_mlc_training": {"train_prompts": 288, "epochs": 3, "schedules": ["joint", "sequential"]},
-            "05_safety_comparison": {"n_harmful": 48, "n_benign": 48},
-        },
-    ),
-    "paper": Preset(
-        name="paper",
-        description="the paper's setting: Qwen2.5-7B-Instruct, DPO, lambda 0.8, tau 0.2, "
-                    "aux_every 2, 10 languages, bf16 on GPUs (needs hub access)",
-        common={"model_name": "Qwen/Qwen2.5-7B-Instruct", "languages": PAPER_LANGUAGES,
-                "device": "cuda"},
-        notebooks={
-            "01_translation": {"backend": "mt:facebook/nllb-200-distilled-600M",
-                               "languages": PAPER_LANGUAGES[1:]},
-            "04_mlc_training": {"train_prompts": 288, "epochs": 3, "lr": 6e-7,
-                                "schedules": ["joint", "sequential"]},
-        },
-    ),
-}
-
-
-def declared_parameters(notebook: Path) -> set[str]:
-    return set(_parameter_defaults(notebook))
 
 
 def _parameter_defaults(notebook: Path) -> dict[str, Any]:
@@ -185,8 +61,9 @@ def stage_parameters(preset: Preset, notebook: Path, run_dir: Path) -> dict[str,
 def _as_number_like(value: Any, default: Any, key: str) -> Any:
     """A string given for a parameter whose default is a number, as that number.
 
-    YAML 1.1 reads ``lr: 6e-7`` in a ``--config`` file as the string "6e-7"; passed on as is,
-    the notebook would fail deep in training instead of here with the parameter's name.
+    A preset file's ``lr: 6e-7`` is already a float (``mlcwb.presets`` reads YAML 1.2 numbers),
+    but a quoted ``"6e-7"``, or a ``Preset`` built in Python with one, would be passed on as a
+    string and fail deep in training instead of here with the parameter's name.
     """
     if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, (int, float)):
         return value
@@ -196,47 +73,6 @@ def _as_number_like(value: Any, default: Any, key: str) -> Any:
         except ValueError:
             continue
     raise ConfigError(f"{key}: {value!r} is not a number (the notebook's default is {default!r}).")
-
-
-def load_preset(name: str, config: str | Path | None = None) -> Preset:
-    """A named preset, optionally overridden by a YAML file with ``common:``/``notebooks:`` keys."""
-    if name not in PRESETS:
-        raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    preset = PRESETS[name]
-    if config is None:
-        return preset
-    path = Path(config)
-    raw = read_yaml(path, "Preset config")
-    if not isinstance(raw, dict) or not all(isinstance(raw.get(k) or {}, dict)
-                                            for k in ("common", "notebooks")):
-        raise ConfigError(f"{path}: a preset config is a mapping with common: and notebooks: "
-                          "mappings.")
-    extra = sorted(set(raw) - set(_CONFIG_KEYS))
-    if extra:
-        raise ConfigError(f"{path}: unknown keys {extra}; allowed: {', '.join(_CONFIG_KEYS)}.")
-    notebooks = {k: dict(v) for k, v in preset.notebooks.items()}
-    for stem, values in (raw.get("notebooks") or {}).items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: notebooks.{stem} must be a mapping of parameters, "
-                              f"got {values!r}.")
-        notebooks.setdefault(stem, {}).update(values)
-    return Preset(name=f"{name}+{path.stem}", description=raw.get("description", preset.description),
-                  common={**preset.common, **(raw.get("common") or {})}, notebooks=notebooks,
-                  notes=preset.notes, sweep=preset.sweep,
-                  cell_timeout=_timeout(raw.get("cell_timeout", preset.cell_timeout), path))
-
-
-_CONFIG_KEYS = ("common", "notebooks", "description", "cell_timeout")
-
-
-def _timeout(value: Any, path: Path) -> float | None:
-    """A per-cell timeout in seconds from a config file: a positive number, or null for none."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{path}: cell_timeout: {value!r} is not a positive number of seconds "
-                          "(or null for no limit).")
-    return float(value)
 
 
 def _check_languages(preset: Preset) -> None:
@@ -261,7 +97,8 @@ def _check_languages(preset: Preset) -> None:
 def preflight(preset: Preset) -> None:
     """Fail before any notebook runs when a language code is unknown or the model's weights
     cannot be had here: either would otherwise stop the run minutes in, inside a notebook."""
-    from mlcwb.models import PACKAGED, TINY, fetch_packaged
+    from mlcwb.model_fetch import PACKAGED, fetch_packaged
+    from mlcwb.models import TINY
 
     _check_languages(preset)
     model = preset.model
@@ -311,14 +148,9 @@ def _stage_inputs(notebook: Path, params: dict[str, Any], upstream: str,
     }
 
 
-def _stamp_key(notebook: Path, params: dict[str, Any], upstream: str = "",
-               library: str = "") -> str:
-    """The stage's key: its notebook, its parameters, the previous stage's key (``""`` for the
-    first) and the library fingerprint; equal keys mean the executed notebook is still valid."""
-    return _inputs_key(_stage_inputs(notebook, params, upstream, library))
-
-
 def _inputs_key(inputs: dict[str, str]) -> str:
+    """The stage's key: the hash of its inputs (notebook, parameters, the previous stage's key,
+    ``""`` for the first, and the library); equal keys mean the executed notebook is still valid."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -372,21 +204,31 @@ def kept_stages(notebooks: Sequence[Path], from_stage: str | None, out: Path) ->
     return stems[:start]
 
 
-def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = False,
+def reproduce(out: str | Path, preset: str | Path | Preset = "quick", force: bool = False,
               config: str | Path | None = None, progress: bool = True,
               from_stage: str | None = None) -> dict[str, dict[str, Any]]:
     """Run the series into ``out``; returns per stage its seconds and whether it was skipped.
 
-    Once a stage runs, every later stage runs too, even where its key matches: it may have read
+    ``preset`` is a ``Preset``, a shipped preset's name or a preset file's path (``load_preset``),
+    overridden by the YAML file ``config`` if given. Once a stage runs, every later stage runs too, even where its key matches: it may have read
     what the earlier stage wrote before (an interrupted rerun, a deleted executed notebook).
     ``from_stage`` keeps the earlier stages' results whatever their keys say and reruns that stage
     and the rest: how an evaluation changed in the library is applied to a run without training
     it again (those stages are marked ``kept`` and will rerun at the next plain reproduce).
     ``progress`` logs each running notebook's cells, printed lines and progress bars (see
-    ``execute_notebook``); a summary line per stage ends the run either way.
+    ``execute_notebook``); a summary line per stage ends the run either way. ``out`` is held
+    (``mlcwb.run_lock``) until the run ends: a second run into it stops at once. Ctrl-C in a stage
+    logs one line and leaves that stage without a stamp, so the next run resumes there.
     """
     preset = preset if isinstance(preset, Preset) else load_preset(preset, config)
     out = open_run_dir(out)
+    with RunLock(out):  # one owner per run directory; its notebooks' kernels share it
+        return _run_series(out, preset, force, progress, from_stage)
+
+
+def _run_series(out: Path, preset: Preset, force: bool, progress: bool,
+                from_stage: str | None) -> dict[str, dict[str, Any]]:
+    """``reproduce`` while it holds ``out``: the stages in order, then the report."""
     preflight(preset)
     atomic_write_json(out / "config.json", {"preset": preset.name, "description": preset.description,
                                             "common": preset.common, "notebooks": preset.notebooks,
@@ -420,8 +262,14 @@ def reproduce(out: str | Path, preset: str | Preset = "quick", force: bool = Fal
         log.info("[%6.0f s] %s: running (%s)", time.perf_counter() - start, notebook.stem, reason)
         rerun_rest = True
         stamp_path.unlink(missing_ok=True)  # a stage that fails now must not look done later
-        seconds = execute_notebook(notebook, executed, params, cell_timeout=preset.cell_timeout,
-                                   progress=progress)
+        try:
+            seconds = execute_notebook(notebook, executed, params, cell_timeout=preset.cell_timeout,
+                                       progress=progress)
+        except KeyboardInterrupt:
+            log.warning("%s interrupted (Ctrl-C) and left unfinished; run the same `mlcwb reproduce` "
+                        "again to resume: finished stages are skipped, %s starts over (in %s)",
+                        notebook.stem, notebook.stem, out)
+            raise
         stamp = {"key": key, "inputs": inputs, "seconds": round(seconds, 1), "parameters": params}
         atomic_write_json(stamp_path, stamp)
         stages[notebook.stem] = {**stamp, "skipped": False}

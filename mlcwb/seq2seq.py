@@ -24,7 +24,7 @@ from mlcwb.logprobs import masked_token_logps
 from mlcwb.prompt_states import prompt_states
 
 if TYPE_CHECKING:
-    from mlcwb.train import AlignExample
+    from mlcwb.train_data import AlignExample
 
 
 def is_encoder_decoder(model: Any) -> bool:

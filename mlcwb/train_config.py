@@ -19,12 +19,13 @@ from typing import Any
 
 import yaml
 
-from mlcwb.backbone import POOLINGS
+from mlcwb.defaults import POOLINGS
 from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.io import read_yaml
 from mlcwb.languages import PAPER_LANGUAGES, get_language
 from mlcwb.mlc import MLCConfig
 from mlcwb.preference import PREF_LOSSES
+from mlcwb.tracking import trackers
 
 ALIGNS = ("sft", "dpo", "none")
 SCHEDULES = ("joint", "sequential")
@@ -65,6 +66,9 @@ class TrainConfig:
     pooled from the encoder (``mlc.pooling`` serves decoder-only models): ``content_mean``, the
     mean over the prompt's own tokens, since no encoder position is the one the answer is
     predicted from; ``content_last`` or ``last`` for a last-token variant. See ``mlcwb.seq2seq``.
+    ``report_to``: experiment tracking, as trl's and accelerate's ``report_to``: ``none``, ``all``
+    (every installed one) or any of tensorboard, wandb, mlflow (a list for several); each log.jsonl
+    row goes to them, TensorBoard's files to OUTPUT/tracking/. See ``mlcwb.tracking``.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -100,6 +104,7 @@ class TrainConfig:
     save_every: int = 0  # steps; 0 = only the final checkpoint
     keep_checkpoints: int = 2
     resume: bool = True
+    report_to: str | list[str] = "none"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
@@ -160,6 +165,9 @@ class TrainConfig:
             (self.max_prompts is None or self.max_prompts >= 1,
              f"max_prompts must be >= 1, got {self.max_prompts}"),
             (self.save_every >= 0 and self.warmup_steps >= 0, "save_every and warmup_steps must be >= 0"),
+            (self.max_grad_norm is None or self.max_grad_norm >= 0,
+             f"max_grad_norm must be >= 0 (0 or null: no clipping), got {self.max_grad_norm}; a "
+             f"negative norm would flip every gradient"),
             (self.sequential_mlc_epochs >= 1, "sequential_mlc_epochs must be >= 1"),
             (len(set(self.langs)) == len(self.langs), f"langs has duplicates: {self.langs}"),
             (bool(self.align_langs) or self.align == "none", "align_langs is empty"),
@@ -177,6 +185,7 @@ class TrainConfig:
         if self.lora is not None and self.lora.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.lora.r}")
         self._check_languages()
+        trackers(self.report_to)
         return self
 
     def _check_languages(self) -> None:

@@ -23,7 +23,7 @@ refusing a harmful prompt or answering a benign one, -1 otherwise), judged by an
 
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-    from mlcwb.judges import RefusalJudge
+    from mlcwb.judge_markers import RefusalJudge
 
     rows = [{"prompt": [{"role": "user", "content": p.text["en"]}], "harmful": p.harmful}
             for p in prompts]
@@ -46,7 +46,7 @@ from mlcwb.errors import ConfigError
 from mlcwb.mlc import Extractor, MLCConfig, language_weights, mlc_term, use_buckets
 from mlcwb.prompt_states import prompt_states
 from mlcwb.seq2seq import is_encoder_decoder
-from mlcwb.train import encode_mlc
+from mlcwb.train_data import encode_mlc
 
 if TYPE_CHECKING:
     from mlcwb.judges import Judge
@@ -149,7 +149,7 @@ def refusal_reward(judge: Judge | None = None) -> Callable[..., list[float | Non
     ``judge`` defaults to the offline ``RefusalJudge``.
     """
     if judge is None:
-        from mlcwb.judges import RefusalJudge
+        from mlcwb.judge_markers import RefusalJudge
 
         judge = RefusalJudge()
 

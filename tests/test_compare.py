@@ -59,7 +59,7 @@ def test_training_figures_draw_mlc_and_collapse_only_where_mlc_ran():
 
 def test_evaluate_methods_loads_each_model_once_for_every_prompt_set(tmp_path, monkeypatch):
     import mlcwb.compare as compare
-    from mlcwb.judges import RefusalJudge
+    from mlcwb.judge_markers import RefusalJudge
 
     loads = []
     real = compare.load_model

@@ -123,6 +123,44 @@ def test_pandas_round_trip():
         PromptSet.from_pandas(df.drop(columns=["harmful"]))
 
 
+def test_hf_round_trip_through_save_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the hf extra is not installed")
+    ps = make_set(2).assign_splits()
+    ps.prompts[0].text["de"] = "nur hier"
+    ds = ps.to_hf()
+    assert isinstance(ds, datasets.Dataset) and ds.column_names == list(ps.to_pandas().columns)
+    assert ds.features["harmful"].dtype == "bool" and ds.features["method_de"].dtype == "string"
+    assert ds.info.dataset_name == "toy" and "languages en, fr, de" in ds.info.description
+    ds.save_to_disk(str(tmp_path / "hf"))
+    back = PromptSet.from_hf(tmp_path / "hf")
+    assert back.prompts == ps.prompts and back.name == "toy"
+    assert PromptSet.from_hf(ds, name="other").prompts == ps.prompts
+
+
+def test_hf_dataset_dict_needs_a_split_and_columns_are_checked(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the hf extra is not installed")
+    ps = make_set(2)
+    both = datasets.DatasetDict({"train": ps.select(harmful=True).to_hf(),
+                                 "test": ps.select(harmful=False).to_hf()})
+    assert PromptSet.from_hf(both, split="test").prompts == ps.select(harmful=False).prompts
+    both.save_to_disk(str(tmp_path / "dd"))
+    assert PromptSet.from_hf(tmp_path / "dd", split="train").ids == ps.select(harmful=True).ids
+    with pytest.raises(DataError, match=r"splits \['test', 'train'\]; pass split="):
+        PromptSet.from_hf(both)
+    with pytest.raises(DataError, match="'dev' is not one"):
+        PromptSet.from_hf(both, split="dev")
+    ds = ps.to_hf()
+    with pytest.raises(DataError, match=r"lacks column\(s\) id; .*rename_column"):
+        PromptSet.from_hf(ds.remove_columns("id"))
+    bare = ds.select_columns(["id", "harmful", "text_en"]).rename_column("text_en", "prompt")
+    with pytest.raises(DataError, match=r"text_<lang> \(e.g. text_en\)"):
+        PromptSet.from_hf(bare)
+    plain = PromptSet.from_hf(bare.rename_column("prompt", "text_en"))  # category etc. defaulted
+    assert plain.ids == ps.ids and plain[0].category == "" and plain.languages == ["en"]
+    with pytest.raises(DataError, match="cannot load"):
+        PromptSet.from_hf(tmp_path / "nothing-here")
+
+
 def test_save_load_round_trip(tmp_path):
     ps = make_set(2).assign_splits()
     path = ps.save(tmp_path / "set.jsonl")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlcwb.backbone import POOLINGS, backbone, num_layers, pool_hidden
+from mlcwb.backbone import backbone, num_layers, pool_hidden
 from mlcwb.commands.extract import register
 from mlcwb.data import Prompt, PromptSet
+from mlcwb.defaults import POOLINGS
 from mlcwb.errors import ConfigError, ExtractionError, LanguageError
 from mlcwb.extract import encode_with_content, extract
 from mlcwb.models import encode_prompts

@@ -202,7 +202,8 @@ def test_judged_rows_as_csv_carry_judge_name_and_version(tiny_llama, tmp_path):
 
     from mlcwb.errors import DataError
     from mlcwb.generation import JUDGED_COLUMNS, judged_csv_path, save_judged
-    from mlcwb.judges import RefusalJudge, apply_judge
+    from mlcwb.judge_markers import RefusalJudge
+    from mlcwb.judges import apply_judge
 
     model, tok = tiny_llama
     out = tmp_path / "eval" / "raw.jsonl"
@@ -225,7 +226,7 @@ def test_cli_evaluate_writes_the_judged_csv(tmp_path, capsys):
     import pandas as pd
 
     from mlcwb.cli import main
-    from mlcwb.judges import marker_version
+    from mlcwb.judge_markers import marker_version
 
     out = tmp_path / "eval.jsonl"
     assert main(["evaluate", "--model", "tiny-random-llama", "--langs", "en", "--limit", "2",

@@ -67,7 +67,8 @@ def test_collinear_set_sits_on_the_floor():
     assert np.allclose(out["floor"], mlc_floor(4))
     assert np.allclose(out["mlc_loss"], out["floor"], atol=1e-5)
     assert np.allclose(out["first_sv_share"], 1.0, atol=1e-6)
-    assert math.isclose(mlc_floor(6), 0.0331, abs_tol=1e-4)  # the floor DESIGN.md quotes
+    # log(1 + 5·e^(-1/0.2)) for 6 languages: the floor docs/design.md, "The MLC loss", defines
+    assert math.isclose(mlc_floor(6), 0.0331, abs_tol=1e-4)
 
 
 def test_orthogonal_set_sits_on_the_ceiling():

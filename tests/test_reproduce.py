@@ -12,12 +12,12 @@ import mlcwb.reproduce as reproduce_module
 import mlcwb.run_report
 from mlcwb.errors import ConfigError, ModelFetchError
 from mlcwb.notebooks import notebook_paths
-from mlcwb.reproduce import (PRESETS, Preset, library_fingerprint, load_preset, preflight, reproduce,
-                             stage_parameters)
+from mlcwb.presets import Preset, load_preset, preset_names
+from mlcwb.reproduce import library_fingerprint, preflight, reproduce, stage_parameters
 
 
 def test_every_preset_names_only_parameters_the_notebooks_declare(tmp_path):
-    for preset in PRESETS.values():
+    for preset in map(load_preset, preset_names()):
         for notebook in notebook_paths():
             params = stage_parameters(preset, notebook, tmp_path)
             assert params["run_dir"] == str(tmp_path)
@@ -44,7 +44,7 @@ def test_config_file_overrides_and_rejects_unknown_keys(tmp_path):
 def test_paper_preset_fails_with_a_message_about_the_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelFetchError, match="huggingface-cli download Qwen/Qwen2.5-7B-Instruct"):
-        preflight(PRESETS["paper"])
+        preflight(load_preset("paper"))
 
 
 # ------------------------------------------------------------------ stage keys (no real notebooks)
@@ -221,7 +221,7 @@ def test_no_cell_timeout_by_default():
     from mlcwb.notebooks import execute_notebook
 
     assert inspect.signature(execute_notebook).parameters["cell_timeout"].default is None
-    assert all(p.cell_timeout is None for p in PRESETS.values())
+    assert all(load_preset(name).cell_timeout is None for name in preset_names())
 
 
 def test_reproduce_passes_the_preset_timeout_and_a_failed_stage_is_not_done(fake_series, tmp_path,
@@ -253,21 +253,24 @@ def test_cli_reproduce_prints_only_the_stage_message(fake_series, tmp_path, monk
         raise NotebookError(f"stage {source.stem} failed in cell [3]: ValueError: x\n  open {output}")
 
     monkeypatch.setattr(reproduce_module, "execute_notebook", failing)
-    monkeypatch.setitem(PRESETS, "tiny", _preset())
+    monkeypatch.setattr(reproduce_module, "load_preset", lambda name, config=None: _preset())
     assert main(["reproduce", "--preset", "tiny", "--out", str(tmp_path / "run")]) != 0
     err = capsys.readouterr().err
     assert "stage 00_a failed in cell [3]: ValueError: x" in err and "Traceback" not in err
 
 
-def test_config_file_numbers_that_yaml_reads_as_strings(fake_series, tmp_path):
+def test_config_file_numbers_that_yaml_1_1_reads_as_strings(fake_series, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("cell_timeout: 60\nnotebooks: {01_b: {x: 6e-7}}\n")
+    config.write_text("cell_timeout: 60\n"
+                      "notebooks: {04_mlc_training: {lr: 6e-7, mlc_only_lr: '1e-6', epochs: 2}}\n")
     preset = load_preset("tiny", config)
     assert preset.cell_timeout == 60.0
-    assert preset.notebooks["01_b"]["x"] == "6e-7"  # what YAML 1.1 makes of it
-    params = stage_parameters(Preset("p", "x", {}, {"01_b": preset.notebooks["01_b"]}),
+    trained = preset.notebooks["04_mlc_training"]
+    assert trained["lr"] == 6e-7 and isinstance(trained["lr"], float)  # YAML 1.2's number
+    assert trained["mlc_only_lr"] == "1e-6" and trained["epochs"] == 2  # quoted: a string...
+    params = stage_parameters(Preset("p", "x", {}, {"01_b": {"x": "6e-7"}}),
                               reproduce_module.notebook_paths()[1], tmp_path)
-    assert params["x"] == 6e-7
+    assert params["x"] == 6e-7  # ...which the stage makes the number the notebook's default is
     with pytest.raises(ConfigError, match="01_b.x: 'fast' is not a number"):
         stage_parameters(Preset("p", "x", {}, {"01_b": {"x": "fast"}}),
                          reproduce_module.notebook_paths()[1], tmp_path)

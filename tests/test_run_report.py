@@ -1,4 +1,5 @@
-"""The reproduce report's reading and its account of how a preset's sizes were chosen."""
+"""The reproduce report's reading and its account of how a preset's sizes were chosen, and the
+summaries notebooks 04 and 05 leave for it (mlcwb.summaries)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from mlcwb.errors import DataError
 from mlcwb.metrics import language_metrics
 from mlcwb.tables import detectable_differences, detectable_sentence, to_markdown, with_interval
-from mlcwb.reproduce import PRESETS, Preset
+from mlcwb.presets import Preset, load_preset
 from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section, utility_table,
-                              holm_by_language, reading, save_safety_summary,
-                              save_training_summary, write_report, write_safety_exports)
+                              holm_by_language, reading, write_report, write_safety_exports)
+from mlcwb.summaries import save_safety_summary, save_training_summary
 from tests.test_metrics import _judged
 
 
@@ -163,7 +164,7 @@ def test_choice_section_states_a_sweeps_criterion_and_choice(tmp_path, monkeypat
 def test_the_quick_preset_cites_a_committed_sweep():
     from mlcwb.paths import repo_root
 
-    quick = PRESETS["quick"]
+    quick = load_preset("quick")
     assert quick.sweep and (repo_root() / quick.sweep).is_file()
     names = {c["name"] for c in json.loads((repo_root() / quick.sweep).read_text())["candidates"]}
     assert quick.notes and any(name in quick.notes for name in names)
@@ -254,6 +255,14 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
                                              {"align": 4, "mlc": 4}).read_text())
     assert plain["mlc_langs"] == ["en", "zh"] and plain["unseen"] == [] and plain["layer"] == 1
     assert plain["distinctness"] is None and len(_geometry_section(tmp_path)[0].tables) == 1
+    assert "settings" not in plain
+    settings = {"align": {"lr": 1e-5, "align": "sft"}, "mlc": {"lr": 1e-5, "align": "sft", "mlc_lam": 0.8}}
+    shaped = json.loads(save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh"], "last", 8,
+                                              {"align": 4, "mlc": 4}, settings=settings).read_text())
+    assert shaped["settings"] == settings
+    caption, table = _geometry_section(tmp_path)[0].tables[-1]
+    assert caption.startswith("What shaped each arm")
+    assert table.loc["+ MLC (joint)", "mlc_lam"] == "0.8" and table.loc["English-only alignment", "mlc_lam"] == "–"
     with pytest.raises(DataError, match="lacks columns"):
         save_training_summary(tmp_path, pd.DataFrame(rows).drop(columns="model"), ["en"], "last",
                               8, {})
@@ -278,7 +287,7 @@ def test_write_report_shows_intervals_and_links_the_exports(tmp_path):
     judged, metrics = _notebook_05_results()
     save_safety_summary(tmp_path, metrics, judged, ["en", "zh"])
     (tmp_path / "metrics.csv").unlink()
-    md_path, html_path = write_report(tmp_path, PRESETS["tiny"], {})
+    md_path, html_path = write_report(tmp_path, load_preset("tiny"), {})
     md = md_path.read_text()
     assert "| + MLC (joint) | 90.0 [60, 98] | 90.0 [60, 98] | 90.0 | 0.0 |" in md
     assert "- [safety_table.tex](safety_table.tex)" in md and "- [metrics.csv](metrics.csv)" in md

@@ -8,12 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mlcwb.checkpoints import load_extractor
 from mlcwb.errors import ConfigError, ExtractionError
 from mlcwb.mlc import Extractor, MLCConfig, mlc_loss
 from mlcwb.models import load_model
 from mlcwb.prompt_states import prompt_states
 from mlcwb.seq2seq import answer_logps, collate_seq2seq, encoder_states, is_encoder_decoder
-from mlcwb.train import TrainModule, collator, encode_mlc, load_extractor, prepare_data, train
+from mlcwb.train import train
+from mlcwb.train_data import encode_mlc, prepare_data
+from mlcwb.train_module import TrainModule, collator
 from tests.test_train import LANGS, tiny_config, tiny_prompts
 
 

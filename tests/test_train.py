@@ -15,15 +15,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mlcwb.checkpoints import latest_checkpoint, load_extractor
 from mlcwb.data import Prompt, PromptSet
 from mlcwb.errors import ConfigError, LanguageError, TrainingError
 from mlcwb.io import read_jsonl
 from mlcwb.prompt_states import computed_positions, length_buckets, prompt_states, shared_prefix
 from mlcwb.mlc import Extractor, MLCConfig, mlc_loss
 from mlcwb.models import encode_prompts, load_model
-from mlcwb.train import (TrainModule, collate_align, dpo_loss, encode_mlc, latest_checkpoint,
-                         load_extractor, plan, prepare_data, train)
+from mlcwb.preference import dpo_loss
+from mlcwb.train import train
 from mlcwb.train_config import REFUSAL, TrainConfig
+from mlcwb.train_data import collate_align, encode_mlc, prepare_data
+from mlcwb.train_module import TrainModule
+from mlcwb.train_plan import plan
 
 LANGS = ["en", "de", "fr"]
 
@@ -443,20 +447,20 @@ def test_every_preference_loss_trains_and_only_reference_losses_compute_a_refere
 def test_a_failed_checkpoint_write_leaves_nothing_and_a_killed_ones_leftovers_go(tmp_path, monkeypatch):
     """A full disk mid-save leaves no half checkpoint; what a killed run was writing is removed
     by the next save."""
-    import mlcwb.train as train_module
+    import mlcwb.checkpoints as checkpoints
 
     config = tiny_config(tmp_path, max_steps=2, save_every=1)
     steps = Path(config.output_dir) / "steps"
     leftover = steps / ".step-00000001.tmp-999999"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"half")
-    real_write = train_module._write_checkpoint
+    real_write = checkpoints._write_checkpoint
 
     def full_disk(tmp, *args, **kwargs):
         real_write(tmp, *args, **kwargs)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_module, "_write_checkpoint", full_disk)
+    monkeypatch.setattr(checkpoints, "_write_checkpoint", full_disk)
     with pytest.raises(OSError, match="No space left"):
         train(config, prompts=tiny_prompts())
     assert list(steps.iterdir()) == [], "the killed run's leftover and the failed write are both gone"

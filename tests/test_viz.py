@@ -150,13 +150,39 @@ def test_save_figure_without_kaleido_writes_html_and_says_why(reps, tmp_path, ca
     assert "PNG/SVG skipped: kaleido is not installed" in caplog.text
 
 
+def _png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header: the signature, then the IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def test_save_figure_writes_png_and_svg_with_kaleido(reps, tmp_path):
-    pytest.importorskip("kaleido", reason="kaleido is not installed: PNG/SVG export is optional")
+    """kaleido 1.x and a Chromium are what `make test` installs (the dev extra,
+    tools/install_browser.sh); it skips only where Chromium could not be installed."""
+    pytest.importorskip("kaleido", reason="kaleido is not installed (the dev extra has it)")
+    from tests.browser_support import chromium_path
+
+    if chromium_path() is None and not os.environ.get("BROWSER_PATH"):
+        pytest.skip("no Chromium for kaleido: run sh tools/install_browser.sh")
+    assert viz.save_figure.__defaults__ == (("png",),)  # PNG by default, SVG when asked
     fig = viz.scatter_figure(viz.project(reps, 0, "pca"))
-    paths = viz.save_figure(fig, tmp_path, "scatter")
-    if len(paths) == 1:
-        pytest.skip("kaleido is installed but could not render (no Chrome?); see the log")
+    fig.update_layout(width=640, height=480)
+    paths = viz.save_figure(fig, tmp_path, "scatter", formats=("png", "svg"))
     png, svg = tmp_path / "figures" / "scatter.png", tmp_path / "figures" / "scatter.svg"
-    assert paths[1:] == [png, svg]
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:500]
+    assert paths == [tmp_path / "figures" / "scatter.html", png, svg]
+    assert _png_size(png.read_bytes()) == (640, 480)
+    assert b"<svg" in svg.read_bytes()[:500]
     assert not [p for p in (tmp_path / "figures").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_figure_without_a_browser_warns_once_and_writes_html(reps, tmp_path, caplog,
+                                                                  monkeypatch):
+    pytest.importorskip("kaleido", reason="kaleido is not installed (the dev extra has it)")
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome-here"))
+    fig = viz.scatter_figure(viz.project(reps, 0, "pca"))
+    with caplog.at_level("WARNING"):
+        paths = viz.save_figure(fig, tmp_path, "scatter", formats=("png", "svg"))
+    assert paths == [tmp_path / "figures" / "scatter.html"]
+    warned = [r for r in caplog.records if r.name == "mlcwb.viz"]
+    assert len(warned) == 1 and "PNG/SVG not written" in warned[0].getMessage()
+    assert "tools/install_browser.sh" in warned[0].getMessage()

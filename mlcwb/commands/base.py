@@ -16,7 +16,9 @@ from mlcwb.errors import MLCWBError
 
 def run_command(args: argparse.Namespace, prog: str) -> int:
     """Run a parsed command; an ``MLCWBError`` becomes one line on stderr and exit status 2,
-    because its message already says what to do and a stack trace would bury it."""
+    because its message already says what to do and a stack trace would bury it. Ctrl-C ends it
+    with status 130 (128 + SIGINT), as a shell expects, and no stack trace either: the command
+    (``mlcwb reproduce``) has logged what was interrupted, and its locks are released."""
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -24,6 +26,8 @@ def run_command(args: argparse.Namespace, prog: str) -> int:
     except MLCWBError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 __all__ = ["run_command"]

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mlcwb.defaults import DEFAULT_MODEL
+from mlcwb.defaults import DEFAULT_MODEL, POOLINGS
 from mlcwb.errors import ConfigError
-
-# mlcwb.backbone.POOLINGS, repeated so that --help need not import torch (tests/test_cli.py checks
-# that the two agree).
-POOLINGS = ("last", "content_last", "content_mean", "mean")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_corpus(langs)
     if args.split:
         prompts = prompts.select(split=args.split.split(","))
-    out = open_run_dir(args.out) / "reps"
+    out = open_run_dir(args.out, lock=True) / "reps"
     reps = extract(model, tokenizer, prompts, langs=langs, layers=layers,
                    pooling=args.pooling, chat_template=not args.no_chat_template,
                    batch_size=args.batch_size, cache_dir=out)

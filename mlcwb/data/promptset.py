@@ -264,6 +264,59 @@ class PromptSet:
                 method={lang: m for lang, m in methods.items() if m is not None}))
         return cls(prompts, name)
 
+    def to_hf(self) -> Any:
+        """A ``datasets.Dataset`` with the columns of ``to_pandas`` (the ``hf`` extra: pip install
+        'mlcwb[hf]'); its info names the set and its languages. ``from_hf`` reads it back."""
+        import datasets
+
+        frame = self.to_pandas()
+        features = datasets.Features({  # typed even where a column is all None
+            c: datasets.Value("bool" if c in ("harmful", "borderline") else "string") for c in frame})
+        info = datasets.DatasetInfo(features=features, dataset_name=self.name, description=(
+            f"mlcwb PromptSet {self.name!r}: {len(self)} prompts; languages "
+            f"{', '.join(self._all_languages())} (text_<lang>, method_<lang>); every prompt has "
+            f"{', '.join(self.languages)}. Read it back with mlcwb's PromptSet.from_hf."))
+        return datasets.Dataset.from_pandas(frame, info=info, preserve_index=False)
+
+    @classmethod
+    def from_hf(cls, source: Any, split: str | None = None, name: str | None = None,
+                **load_kwargs: Any) -> PromptSet:
+        """A set from a ``datasets.Dataset``, a ``DatasetDict`` (``split`` picks one), a folder
+        written by ``save_to_disk`` or a hub id (``datasets.load_dataset(source, split=split,
+        **load_kwargs)``; needs the hub or its cache). Columns as ``to_hf`` writes them: ``id``,
+        ``harmful`` and ``text_<lang>`` at least; the others take the ``Prompt`` defaults."""
+        import datasets
+
+        where = str(source) if isinstance(source, (str, Path)) else type(source).__name__
+        if isinstance(source, (str, Path)):
+            try:
+                source = (datasets.load_from_disk(str(source)) if Path(source).exists()
+                          else datasets.load_dataset(str(source), split=split, **load_kwargs))
+            except Exception as exc:  # any loader failure means the same to the user
+                raise DataError(f"from_hf: cannot load {where} ({type(exc).__name__}: {exc}). Pass a "
+                                "folder written by Dataset.save_to_disk, or a hub id reachable from "
+                                "here (or in the local datasets cache).") from None
+        if isinstance(source, datasets.DatasetDict):
+            if split is None and len(source) != 1 or split is not None and split not in source:
+                raise DataError(f"from_hf: {where} has splits {sorted(source)}; pass split= with one "
+                                f"of them" + (f" ({split!r} is not one)" if split else ""))
+            source = source[split] if split is not None else next(iter(source.values()))
+        if not isinstance(source, datasets.Dataset):
+            raise DataError(f"from_hf: expected a datasets.Dataset, DatasetDict, a save_to_disk "
+                            f"folder or a hub id, got {type(source).__name__}")
+        columns = list(source.column_names)
+        missing = [c for c in ("id", "harmful") if c not in columns]
+        if not any(c.startswith("text_") for c in columns):
+            missing.append("text_<lang> (e.g. text_en)")
+        if missing:
+            raise DataError(f"from_hf: {where} lacks column(s) {', '.join(missing)}; it has "
+                            f"{columns}. Rename yours first, e.g. dataset.rename_column('prompt', "
+                            f"'text_en') or .rename_columns({{'label': 'harmful'}}).")
+        frame = source.to_pandas()
+        if "category" not in frame.columns:
+            frame["category"] = ""
+        return cls.from_pandas(frame, name or source.info.dataset_name or where)
+
     def save(self, path: str | Path) -> Path:
         """JSONL, one prompt per line (all fields); written atomically."""
         return write_jsonl(path, (dataclasses.asdict(p) for p in self.prompts))
