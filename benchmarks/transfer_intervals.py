@@ -6,7 +6,7 @@ are 0. Its counts are all there: a rate and its ``n`` give ``k``; a paired compa
 before and after rates and discordant counts ``b``, ``c`` give the whole 2x2 table. So the
 score intervals (``mlcwb.metrics.diff_ci``: Newcombe's hybrid score interval for discrimination;
 ``paired_diff_ci``: Newcombe's paired interval for changes) are computed from them here and
-written back, with the smallest detectable differences, and the README's discrimination table
+written back, with the smallest detectable differences, and the discrimination table of docs/results.md
 is printed. Every other number stays as the run made it.
 """
 
