@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from mlcwb.data import PromptSet
-from mlcwb.experiment import ARMS
+from mlcwb.defaults import ARMS
 from mlcwb.generation import generate, judged_csv_path, save_judged
 from mlcwb.judges import Judge, apply_judge
 from mlcwb.logprobs import utility

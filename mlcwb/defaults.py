@@ -15,4 +15,8 @@ non-pad token; with a chat template that is the last token of the generation pro
 is predicted from. ``content_last``: last token of the user's text. ``content_mean``: mean over
 the user's text. ``mean``: mean over every non-pad token (template included)."""
 
-__all__ = ["DEFAULT_MODEL", "POOLINGS"]
+ARMS = ("align", "mlc", "mlc_seq", "mlc_only")
+"""The arms of the experiment (``mlcwb.experiment``), in the order tables show them; evaluation
+(``mlcwb.compare``) reads trained arms by these names without importing the trainer."""
+
+__all__ = ["ARMS", "DEFAULT_MODEL", "POOLINGS"]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from mlcwb.defaults import ARMS
 from mlcwb.errors import ConfigError
 from mlcwb.io import read_jsonl
 from mlcwb.mlc import MLCConfig
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ARMS = ("align", "mlc", "mlc_seq", "mlc_only")
 _IGNORED = {"resume", "output_dir", "report_to"}  # may differ between a run and its rerun
 
 

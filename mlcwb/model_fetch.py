@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from mlcwb import paths
 from mlcwb.defaults import DEFAULT_MODEL
 from mlcwb.errors import ChecksumError, ModelFetchError, UnknownModelError
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "MLCWB_CACHE_DIR"
+CACHE_ENV = paths.CACHE_ENV
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,8 @@ PACKAGED: dict[str, PackagedModel] = {
 
 
 def cache_dir() -> Path:
-    """Where fetched and converted models live; ``$MLCWB_CACHE_DIR`` overrides the default."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlcwb"
-    return Path(root) / "models"
+    """Where fetched and converted models live (``paths.cache_dir("models")``)."""
+    return paths.cache_dir("models")
 
 
 def _sha256(path: Path) -> str:

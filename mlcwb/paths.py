@@ -1,4 +1,4 @@
-"""Where things are: the repository, its data, the shared data folder, run directories."""
+"""Where things are: the repository, its data, the shared data folder, the cache, run directories."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from pathlib import Path
 from mlcwb import run_lock
 
 SHARED_DATA_ENV = "MLCWB_SHARED_DATA"
+CACHE_ENV = "MLCWB_CACHE_DIR"  # moves every cache at once: models, judges' verdicts
+
+
+def cache_dir(kind: str) -> Path:
+    """``$MLCWB_CACHE_DIR/<kind>`` (default ``~/.cache/mlcwb/<kind>``): the one place caches live
+    (``models``: fetched and converted weights; ``judges``: verdicts bought once), so one variable
+    moves them all."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlcwb"
+    return Path(root) / kind
 
 
 def repo_root() -> Path:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcwb import paths
+
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "MLCWB_CACHE_DIR"  # the same variable that moves mlcwb.model_fetch's cache
+CACHE_ENV = paths.CACHE_ENV  # the same variable that moves mlcwb.model_fetch's cache
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,7 @@ def short_hash(*parts: Any) -> str:
 def default_cache_dir() -> Path:
     """Where model judges keep their verdicts: ``$MLCWB_CACHE_DIR/judges`` (default
     ``~/.cache/mlcwb/judges``), beside the model cache, so a verdict bought once is kept."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlcwb"
-    return Path(root) / "judges"
+    return paths.cache_dir("judges")
 
 
 class VerdictCache:

@@ -37,23 +37,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlcwb.data import load_corpus, load_multijail
-    from mlcwb.generation import generate, judged_csv_path, save_judged
-    from mlcwb.judges import apply_judge, make_judge
-    from mlcwb.models import load_model
-    from mlcwb.metrics import language_metrics
+    """Notebook 05's evaluation (``compare.evaluate_methods``) for one model: the same
+    generation, judging, files and metrics, so the command line and the notebook never differ."""
+    from pathlib import Path
 
+    from mlcwb.compare import evaluate_methods
+    from mlcwb.data import load_corpus, load_multijail
+    from mlcwb.errors import ConfigError
+    from mlcwb.judges import make_judge
+
+    out = Path(args.out)
+    if out.suffix != ".jsonl":
+        raise ConfigError(f"--out {out}: give a .jsonl file (the responses; the judged rows go beside it).")
     judge = make_judge(args.judge, device=args.device)  # a bad spec fails before generation
     prompts = load_multijail(args.multijail) if args.multijail else load_corpus(args.langs)
     if args.split and not args.multijail:
         prompts = prompts.select(split=args.split)
     if args.limit:
         prompts = type(prompts)(prompts.prompts[:args.limit], name=prompts.name)
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    frame = generate(model, tokenizer, prompts, args.langs, args.max_new_tokens, args.batch_size,
-                     out_path=args.out)
-    judged = apply_judge(frame, judge)
-    csv = save_judged(judged, judged_csv_path(args.out, judge.name))
-    log.info("judged rows (%s %s): %s", judge.name, judge.version, csv)
-    print(language_metrics(judged).to_string())
+    result = evaluate_methods({out.stem: args.model}, prompts, args.langs, judge, out.parent,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              n_boot=2000, device=args.device, dtype=args.dtype)
+    log.info("judged rows (%s %s) beside %s", judge.name, judge.version, out)
+    print(result.metrics[out.stem].to_string())
     return 0
