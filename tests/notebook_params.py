@@ -13,7 +13,7 @@ SMOKE: dict[str, dict] = {
     "03_geometry_umap": {"n_prompts": 12, "languages": ["en", "zh", "fr"], "layers": [0, 10, 20, 30],
                          "method": "pca"},
     "04_mlc_training": {"model_name": "tiny-random-llama", "languages": ["en", "zh", "ru"],
-                        "mlc_languages": ["en", "zh"], "mlc_only": True, "train_prompts": 8,
+                        "mlc_languages": ["en", "zh"], "arms": ["align", "mlc", "mlc_only"], "train_prompts": 8,
                         "heldout_prompts": 6, "lr": 1e-3, "aux_every": 1, "save_every": 2,
                         "pref_loss": "simpo"},
     "05_safety_comparison": {"languages": ["en", "sw"], "n_harmful": 3, "n_benign": 3,
