@@ -66,8 +66,9 @@ def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
     if base.align == "none" and set(arms) - {"mlc_only"}:
         raise ConfigError("base.align is 'none': only the mlc_only arm can be trained without "
                           "an alignment loss.")
-    if mlc.lam <= 0 and set(arms) & {"mlc", "mlc_seq", "mlc_only"}:
-        raise ConfigError(f"mlc.lam is {mlc.lam}: the arms {sorted(set(arms) & {'mlc', 'mlc_seq', 'mlc_only'})} "
+    with_mlc = sorted(set(arms) - {"align"})
+    if mlc.lam <= 0 and with_mlc:
+        raise ConfigError(f"mlc.lam is {mlc.lam}: the arms {with_mlc} "
                           f"would train without the MLC term and pass for MLC arms. Set lam > 0, or "
                           f"train only the 'align' arm.")
     root = Path(base.output_dir)

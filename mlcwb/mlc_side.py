@@ -37,6 +37,7 @@ class MLCSide:
         self.reference: Extractor | None = None
         self.extractor: Extractor | None = None
         self.watch = CollapseWatch()
+        self.harmful = data.mlc_harmful  # per MLC prompt, read once: batches index into it
         self.labels: Tensor | None = None  # the current MLC batch's harmful flags
         self.layer_choice: LayerChoice | None = None
 
@@ -85,8 +86,7 @@ class MLCSide:
         jm = j // cfg.aux_every if phase.align else j
         per_epoch = n // (cfg.batch_size * world)
         picked = batch_indices(n, cfg.batch_size, per_epoch, jm, self.config.seed, 100 + index, rank, world)
-        harmful = self.data.mlc_harmful
-        self.labels = torch.tensor([harmful[i] for i in picked]) if harmful else None
+        self.labels = torch.tensor([self.harmful[i] for i in picked]) if self.harmful else None
         return encode_mlc(self.tokenizer, [self.data.mlc_texts[i] for i in picked],
                           self.config.chat_template)
 
