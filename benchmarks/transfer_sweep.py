@@ -53,7 +53,8 @@ any second-round candidate ran (``DECISION``):
    judge reached 0.9); a form is chosen only from generated, judged answers.
 
 Results go to ``benchmarks/results/transfer_sweep.json`` one candidate at a time (a stopped sweep
-resumes with the candidates it has not recorded), and ``mlcwb.reproduce`` cites that file as the
+resumes with the candidates it has not recorded, and a candidate stopped mid-training resumes from
+its last checkpoint under ``--work-dir``), and ``mlcwb.reproduce`` cites that file as the
 reason for the preset's settings.
 """
 
@@ -62,7 +63,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
@@ -123,14 +124,20 @@ CANDIDATES.update({f"sharp-sft-full-288-1e-5+mlc-{name}": {
 CANDIDATES.update({f"mlc-{name}-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": form} for name, form in FORMS.items()})
 
 
+SAVE_EVERY = 24  # steps between resume points: a second-round candidate trains 144 steps (about 1 h)
+
+
 def candidate_config(settings: dict, model: str, output_dir: str) -> TrainConfig:
-    """English-only alignment (no MLC) or MLC only (lam 0.8, every step, last layer unless set)."""
+    """English-only alignment (no MLC) or MLC only (lam 0.8, every step, last layer unless set).
+    It resumes from its last checkpoint in ``output_dir``, so a stopped sweep loses at most
+    ``SAVE_EVERY`` steps of a candidate."""
     settings = dict(settings)
     mlc = settings.pop("mlc", None)
     mlc = None if mlc is None else {"lam": 0.8, "aux_every": 1, "batch_size": 4, **mlc}
     return TrainConfig.from_dict({"model": model, "langs": LANGS, "epochs": 1, "batch_size": 2,
                                   "seed": 0, "device": "cpu", "mlc": mlc,
-                                  "output_dir": output_dir, "resume": False, **settings})
+                                  "output_dir": output_dir, "resume": True, "save_every": SAVE_EVERY,
+                                  **settings})
 
 
 def evaluate(source: str, prompts, judge: RefusalJudge, max_new_tokens: int) -> list[dict]:
@@ -301,7 +308,10 @@ def main() -> None:
                         help="refusal-score screen (one prefill per prompt) instead of generation")
     parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/"
                                                     "transfer_sweep.json, or transfer_screen.json with --screen)")
+    parser.add_argument("--work-dir", default=None,
+                        help="where candidates train and resume (default: runs/transfer_sweep)")
     args = parser.parse_args()
+    work_dir = Path(args.work_dir or repo_root() / "runs" / "transfer_sweep")
     args.out = args.out or str(repo_root() / "benchmarks" / "results" /
                                ("transfer_screen.json" if args.screen else "transfer_sweep.json"))
     measure, summarise = (screen, screen_summary) if args.screen else (evaluate, score)
@@ -317,17 +327,18 @@ def main() -> None:
             if name not in results and (not args.only or name in args.only)]
     for name, settings in todo:
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="mlcwb-sweep-") as tmp:
-            source, steps, log = args.model, 0, []
-            if settings:
-                result = train(candidate_config(settings, args.model, tmp), prompts=train_set)
-                source, steps, log = str(result.final_dir), result.steps, result.log
-                del result
-                gc.collect()
-            train_s = time.perf_counter() - t0
-            rows = measure(source, prompts, judge, args.max_new_tokens)
+        source, steps, log, resumed_from = args.model, 0, [], 0
+        if settings:
+            result = train(candidate_config(settings, args.model, str(work_dir / name)), prompts=train_set)
+            source, steps, log, resumed_from = str(result.final_dir), result.steps, result.log, result.resumed_from
+            del result
+            gc.collect()
+        train_s = time.perf_counter() - t0
+        rows = measure(source, prompts, judge, args.max_new_tokens)
+        shutil.rmtree(work_dir / name, ignore_errors=True)
         results[name] = {"name": name, "model": args.model, "align": settings.get("align"),
-                         "settings": settings, "steps": steps, "train_s": round(train_s, 1),
+                         "settings": settings, "steps": steps, "resumed_from": resumed_from,
+                         "train_s": round(train_s, 1),  # this process only: see resumed_from
                          "total_s": round(time.perf_counter() - t0, 1), **summarise(rows),
                          "per_language": rows, "train_log": _log_summary(log)}
         print(json.dumps({k: v for k, v in results[name].items() if k != "per_language"}), flush=True)
