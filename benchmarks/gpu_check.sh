@@ -103,7 +103,7 @@ def run(label, make_model, tokenizer):
         model = make_model()
         mlc = None if spec is None else MLCConfig(batch_size=MLC_PROMPTS, batching=spec[0],
                                                  aux_every=spec[1], buckets=spec[2])
-        config = TrainConfig(model=label, langs=N_LANGS, batch_size=PAIRS, epochs=1, max_steps=STEPS,
+        config = TrainConfig(model=label, mlc_languages=N_LANGS, batch_size=PAIRS, epochs=1, max_steps=STEPS,
                              lr=1e-6, precision="bf16", device="cuda", mlc=mlc, resume=False,
                              output_dir=f"/tmp/mlcwb-gpu-check/{label}/{variant}")
         torch.cuda.synchronize()

@@ -107,7 +107,7 @@ def run_variant(variant: str, steps: int, model_name: str) -> dict:
         batching="official" if variant == "official" else "separate",
         buckets="none" if variant == "ours_one_batch" else "auto")
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(model=model_name, langs=N_LANGS, batch_size=PAIRS, epochs=1,
+        config = TrainConfig(model=model_name, mlc_languages=N_LANGS, batch_size=PAIRS, epochs=1,
                              max_steps=steps, lr=1e-6, precision="no", device="cpu", mlc=mlc,
                              output_dir=out, resume=False)
         before = _rss_mb()

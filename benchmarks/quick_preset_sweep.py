@@ -102,7 +102,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="mlcwb-sweep-") as tmp:
             source, steps = args.model, 0
             if align:
-                cfg = TrainConfig(model=args.model, langs=LANGS, align=align, max_prompts=n,
+                cfg = TrainConfig(model=args.model, mlc_languages=LANGS, align=align, train_prompts=n,
                                   epochs=epochs, batch_size=2, lr=lr, seed=0, device="cpu",
                                   mlc=None, output_dir=tmp, resume=False)
                 result = train(cfg, prompts=train_set)

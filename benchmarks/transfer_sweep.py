@@ -93,20 +93,20 @@ DECISION = {"min_gain": 10.0, "min_lang_match": 90.0, "max_en_drop": 5.0, "max_u
 UTILITY_ANSWERS = 8  # benign reference answers per language for the utility gate
 # name -> TrainConfig settings; alignment candidates take 2 examples per step for one epoch,
 # MLC-only ones 4 prompts x 5 languages per step.
-MLC_ONLY = {"align": "none", "max_prompts": 96, "batch_size": 2}
+MLC_ONLY = {"align": "none", "train_prompts": 96, "batch_size": 2}
 CANDIDATES: dict[str, dict] = {
-    "sft-full-64-1e-5": {"align": "sft", "max_prompts": 64, "lr": 1e-5},
+    "sft-full-64-1e-5": {"align": "sft", "train_prompts": 64, "lr": 1e-5},
     "mlc-official-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "official"}},
     "mlc-contrastive-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "contrastive"}},
     # at the last layer's last token translations start far apart (cosine 0.40) and the state
     # decides the first answer token; at layer 16 of 24 they are already closer than other prompts
     "mlc-contrastive-l16-1e-6": {**MLC_ONLY, "lr": 1e-6, "mlc": {"variant": "contrastive", "layer": 16}},
-    "dpo-full-64-2e-6": {"align": "dpo", "max_prompts": 64, "lr": 2e-6},
-    "sft-lora-64-2e-4": {"align": "sft", "max_prompts": 64, "lr": 2e-4, "lora": {}},
-    "dpo-full-64-6e-7": {"align": "dpo", "max_prompts": 64, "lr": 6e-7},
-    "dpo-full-64-6e-7+mlc-official": {"align": "dpo", "max_prompts": 64, "lr": 6e-7,
+    "dpo-full-64-2e-6": {"align": "dpo", "train_prompts": 64, "lr": 2e-6},
+    "sft-lora-64-2e-4": {"align": "sft", "train_prompts": 64, "lr": 2e-4, "lora": {}},
+    "dpo-full-64-6e-7": {"align": "dpo", "train_prompts": 64, "lr": 6e-7},
+    "dpo-full-64-6e-7+mlc-official": {"align": "dpo", "train_prompts": 64, "lr": 6e-7,
                                       "mlc": {"variant": "official", "aux_every": 2}},
-    "dpo-lora-64-5e-5": {"align": "dpo", "max_prompts": 64, "lr": 5e-5, "lora": {}},
+    "dpo-lora-64-5e-5": {"align": "dpo", "train_prompts": 64, "lr": 5e-5, "lora": {}},
 }
 # Second round. A sharper English alignment first: the whole English train split (144 harmful with
 # refusals + 144 benign with helpful answers), and the settings the first round had not tried.
@@ -117,7 +117,11 @@ SHARP = {"sharp-sft-full-288-1e-5": {"align": "sft", "lr": 1e-5},
 FORMS = {"centred": {"variant": "official", "centre": "running"},
          "label": {"variant": "label_contrastive"},
          "label-centred": {"variant": "label_contrastive", "centre": "running"},
-         "label-centred-l16": {"variant": "label_contrastive", "centre": "running", "layer": 16}}
+         "label-centred-l16": {"variant": "label_contrastive", "centre": "running", "layer": 16},
+         # the answer's language held by a KL on the first 4 answer tokens of non-English prompts
+         # to the untrained model (``mlc.answer_kl``), beside the official term and the best guess
+         "official-kl": {"variant": "official", "answer_kl": 1.0},
+         "label-centred-kl": {"variant": "label_contrastive", "centre": "running", "answer_kl": 1.0}}
 CANDIDATES.update(SHARP)
 CANDIDATES.update({f"sharp-sft-full-288-1e-5+mlc-{name}": {
     **SHARP["sharp-sft-full-288-1e-5"], "mlc": {"aux_every": 2, **form}} for name, form in FORMS.items()})
@@ -134,7 +138,7 @@ def candidate_config(settings: dict, model: str, output_dir: str) -> TrainConfig
     settings = dict(settings)
     mlc = settings.pop("mlc", None)
     mlc = None if mlc is None else {"lam": 0.8, "aux_every": 1, "batch_size": 4, **mlc}
-    return TrainConfig.from_dict({"model": model, "langs": LANGS, "epochs": 1, "batch_size": 2,
+    return TrainConfig.from_dict({"model": model, "mlc_languages": LANGS, "epochs": 1, "batch_size": 2,
                                   "seed": 0, "device": "cpu", "mlc": mlc,
                                   "output_dir": output_dir, "resume": True, "save_every": SAVE_EVERY,
                                   **settings})

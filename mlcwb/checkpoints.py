@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from mlcwb.errors import TrainingError
-from mlcwb.mlc import Extractor
-from mlcwb.train_config import TrainConfig
+from mlcwb.mlc import Extractor, MLCConfig
+from mlcwb.train_config import RENAMED, LoraSettings, TrainConfig
 
 if TYPE_CHECKING:
     from mlcwb.train_module import TrainModule
@@ -166,10 +167,16 @@ def load_checkpoint(config: TrainConfig, model: nn.Module, extractor: Extractor,
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> None:
-    """Refuse a checkpoint of a different run. A key the checkpoint lacks was added to
-    TrainConfig after the run began and counts as its default, so such a run still resumes."""
+    """Refuse a checkpoint of a different run. A key the checkpoint lacks (at the top or in
+    ``mlc:``/``lora:``) was added after the run began and counts as its default, and a key saved
+    under its old name (``train_config.RENAMED``) counts under the new one, so such a run still
+    resumes."""
     current = config.to_dict()
-    saved = {**TrainConfig().to_dict(), **saved}
+    defaults = TrainConfig().to_dict()
+    saved = {**defaults, **{RENAMED.get(key, key): value for key, value in saved.items()}}
+    for section, cls in (("mlc", MLCConfig), ("lora", LoraSettings)):
+        if isinstance(saved[section], dict):
+            saved[section] = {**asdict(cls()), **saved[section]}
     changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         raise TrainingError(

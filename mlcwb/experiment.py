@@ -58,7 +58,7 @@ class ArmResult:
 def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
                 mlc_only_lr: float | None = None) -> dict[str, TrainConfig]:
     """One TrainConfig per arm, derived from ``base`` (alignment settings, MLC languages in
-    ``base.langs``) and ``mlc``. The MLC-only arm adds its term every step (there is no alignment
+    ``base.mlc_languages``) and ``mlc``. The MLC-only arm adds its term every step (there is no alignment
     step to interleave with) and may take its own learning rate."""
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
@@ -122,10 +122,10 @@ def train_arm(name: str, config: TrainConfig, prompts: PromptSet | None = None) 
 
 
 # What shaped an arm, as the training summary and the report name it.
-_ARM_KEYS = ("align", "pref_loss", "lr", "epochs", "batch_size", "max_prompts", "seed", "precision",
+_ARM_KEYS = ("align", "pref_loss", "lr", "epochs", "batch_size", "train_prompts", "seed", "precision",
              "schedule")
 _MLC_KEYS = ("lam", "tau", "variant", "centre", "layer", "pooling", "aux_every", "batch_size",
-             "extractor")
+             "extractor", "answer_kl", "answer_kl_tokens")
 
 
 def arm_settings(configs: dict[str, TrainConfig], results: dict[str, ArmResult] | None = None
@@ -137,7 +137,7 @@ def arm_settings(configs: dict[str, TrainConfig], results: dict[str, ArmResult] 
     out = {}
     for arm, config in configs.items():
         row = {key: getattr(config, key) for key in _ARM_KEYS}
-        row["mlc_languages"] = list(config.langs) if config.mlc is not None else []
+        row["mlc_languages"] = list(config.mlc_languages) if config.mlc is not None else []
         row["lora"] = config.lora is not None
         if config.mlc is not None:
             row.update({f"mlc_{key}": getattr(config.mlc, key) for key in _MLC_KEYS})

@@ -80,7 +80,7 @@ def prompt_jobs(prompts: Prompts, langs: Sequence[str] | None) -> list[Job]:
     return jobs
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a turn: the tokenizer's EOS, the model's, and ChatML's ``<|im_end|>``."""
     ids: set[int] = set()
     for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -116,11 +116,11 @@ def model_dtype(model: Any) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
-def _generation_kwargs(model: Any, tokenizer: Any, max_new_tokens: int, do_sample: bool,
+def generation_kwargs(model: Any, tokenizer: Any, max_new_tokens: int, do_sample: bool,
                        temperature: float, top_p: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                                   use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=_eos_ids(model, tokenizer))
+                                  eos_token_id=eos_ids(model, tokenizer))
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:
@@ -143,7 +143,7 @@ def answer_rows(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], prefi
     """
     device = next(model.parameters()).device
     ids, mask = pack_after_prefix(rows, prefix.length, tokenizer.pad_token_id, "left")
-    kwargs = _generation_kwargs(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
+    kwargs = generation_kwargs(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
     if prefix.cache is not None:
         kwargs.update(cache_kwargs(model, expand_cache(prefix.cache, len(rows), model.config)))
     with FirstStepLogits(model) as first:
@@ -283,5 +283,5 @@ def save_judged(judged: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["COLUMNS", "JUDGED_COLUMNS", "Job", "answer_rows", "generate", "generate_texts",
-           "judged_csv_path", "load_responses", "model_dtype", "prompt_jobs", "save_judged", "settings_dict"]
+__all__ = ["COLUMNS", "JUDGED_COLUMNS", "Job", "answer_rows", "eos_ids", "generate", "generate_texts",
+           "generation_kwargs", "judged_csv_path", "load_responses", "model_dtype", "prompt_jobs", "save_judged", "settings_dict"]

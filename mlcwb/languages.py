@@ -116,3 +116,16 @@ def study_languages(available: Sequence[str], requested: Sequence[str] | None = 
     if requested:
         return list(requested)
     return [lang for lang in available if lang in PAPER_LANGUAGES] or list(available)
+
+
+def unseen_languages(measured: Sequence[str], trained: Sequence[str] | None) -> list[str]:
+    """The languages of ``measured`` that MLC did not train on, in ``measured`` order.
+
+    The paper's question is whether alignment reaches languages training never saw, so results
+    on them are marked; one definition keeps the training summary (notebook 04) and the safety
+    comparison (notebook 05) agreeing on which those are. ``trained`` None (no training summary
+    to read) means nothing is unseen; an empty ``trained`` means every measured language is.
+    """
+    if trained is None:
+        return []
+    return [lang for lang in measured if lang not in trained]

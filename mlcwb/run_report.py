@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,12 @@ from mlcwb.io import atomic_write_text
 from mlcwb.metrics import holm_adjust
 from mlcwb.report_render import Section, render_html, render_markdown
 from mlcwb.summaries import SAFETY_JSON, TRAINING_JSON
-from mlcwb.tables import (METRICS_CSV, detectable_differences, detectable_sentence, safety_table,
-                          to_latex, with_interval, write_metrics_csv)
+from mlcwb.tables import (METHOD_LABELS, METRICS_CSV, SAFETY_MD, detectable_differences,
+                          detectable_sentence, safety_table, to_latex, utility_table, with_interval,
+                          write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {"raw": "raw model", "align": "English-only alignment",
-                 "mlc": "+ MLC (joint)", "mlc_seq": "+ MLC (sequential)",
-                 "mlc_only": "MLC only (no alignment)"}
 ALPHA = 0.05  # family-wise error rate of one comparison's "beyond noise" calls
 SAFETY_TEX = "safety_table.tex"
 
@@ -158,7 +155,7 @@ def _geometry_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]
                              ("probe_auroc", "English harmful-vs-benign probe, AUROC per language")):
             if training.get(key):
                 table = pd.DataFrame.from_dict(training[key], orient="index").rename_axis("model")
-                section.tables.append((f"{caption} (layer {training.get('layer')})",
+                section.tables.append((f"{caption} (layer {training.get('mlc_layer')})",
                                        table.rename(index=lambda k: METHOD_LABELS.get(k, k))))
     return section, training
 
@@ -185,17 +182,6 @@ def _paired_table(safety: dict[str, Any]) -> pd.DataFrame | None:
     table = pd.DataFrame(rows).T.fillna("–")
     table.index.name = "comparison"
     return table
-
-
-def utility_table(utility: Mapping[str, Mapping[str, float] | float],
-                  languages: Sequence[str] = ()) -> pd.DataFrame:
-    """Methods × languages perplexity, rounded, columns in ``languages`` order first; a method
-    stored as one number (runs made before utility was measured per language) is English."""
-    rows = {METHOD_LABELS.get(m, m): ({"en": v} if isinstance(v, (int, float)) else dict(v))
-            for m, v in utility.items()}
-    table = pd.DataFrame(rows).T.round(2).rename_axis("method")
-    first = [lang for lang in languages if lang in table.columns]
-    return table[first + [c for c in table.columns if c not in first]]
 
 
 def _detectable_paragraph(safety: dict[str, Any]) -> list[str]:
@@ -232,8 +218,8 @@ def _safety_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]:
         section.tables.append(("Utility: perplexity of held-out benign reference answers, per "
                                "language (lower is better; compare methods within a column)",
                                utility_table(safety["utility"], safety["languages"])))
-    if (run / "safety_table.md").is_file():
-        section.links.append(("safety_table.md", "safety_table.md"))
+    if (run / SAFETY_MD).is_file():
+        section.links.append((SAFETY_MD, SAFETY_MD))
     return section, safety
 
 

@@ -1,6 +1,7 @@
 """The comparison's tables: the paper's layout (methods x languages + Avg + Var), Markdown,
-HTML and LaTeX renderings of it, the long-format ``metrics.csv`` other tools read, and the
-sentence printed beside them on the smallest difference their sample sizes can detect.
+HTML and LaTeX renderings of it, ``safety_table.md`` (every metric and utility in Markdown), the
+long-format ``metrics.csv`` other tools read, and the sentence printed beside them on the
+smallest difference their sample sizes can detect.
 
 Every cell is formatted by ``with_interval`` so that all of mlcwb's tables read alike.
 """
@@ -19,6 +20,11 @@ import pandas as pd
 from mlcwb.errors import DataError
 from mlcwb.io import atomic_path
 from mlcwb.metrics import METRICS, detectable_difference
+
+# How tables and the report name each method (a name not listed is shown as it is).
+METHOD_LABELS = {"raw": "raw model", "align": "English-only alignment",
+                 "mlc": "+ MLC (joint)", "mlc_seq": "+ MLC (sequential)",
+                 "mlc_only": "MLC only (no alignment)"}
 
 # --------------------------------------------------------------------------------------------
 # What a table of these sizes can show
@@ -116,6 +122,25 @@ def safety_table(results: Mapping[str, pd.DataFrame], metric: str = "safety_rate
     return table
 
 
+def measured_metrics(results: Mapping[str, pd.DataFrame]) -> dict[str, str]:
+    """The ``METRICS`` (name -> caption, in that order) that every method's frame holds: the
+    tables worth printing, since a metric one method lacks (results saved before it existed)
+    would make ``safety_table`` fail."""
+    return {m: caption for m, caption in METRICS.items()
+            if all(m in frame.columns for frame in results.values())}
+
+
+def utility_table(utility: Mapping[str, Mapping[str, float] | float],
+                  languages: Sequence[str] = ()) -> pd.DataFrame:
+    """Methods × languages perplexity, rounded, columns in ``languages`` order first; a method
+    stored as one number (runs made before utility was measured per language) is English."""
+    rows = {METHOD_LABELS.get(m, m): ({"en": v} if isinstance(v, (int, float)) else dict(v))
+            for m, v in utility.items()}
+    table = pd.DataFrame(rows).T.round(2).rename_axis("method")
+    first = [lang for lang in languages if lang in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
 def _markdown_cell(value: Any, digits: int | None) -> str:
     """One table cell: a missing number as a dash, floats rounded to ``digits`` unless ``None``."""
     if isinstance(value, (float, np.floating)) and math.isnan(value):
@@ -136,6 +161,25 @@ def to_markdown(table: pd.DataFrame, digits: int | None = 1, caption: str | None
     for name, *values in table.itertuples(name=None):
         lines.append("| " + " | ".join([str(name), *(_markdown_cell(v, digits) for v in values)]) + " |")
     return ((f"**{caption}**\n\n" if caption else "") + "\n".join(lines) + "\n")
+
+
+SAFETY_MD = "safety_table.md"
+
+
+def safety_markdown(results: Mapping[str, pd.DataFrame], langs: Sequence[str],
+                    utility: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The text of ``safety_table.md``: each of ``measured_metrics`` in the paper's layout with
+    its intervals (``safety_table(..., intervals=True)``), captioned, then the utility table
+    when there is one. Readable without the report, and without the JSON it is built from.
+
+    ``results`` maps a method name to its ``language_metrics`` frame; ``utility`` a method to
+    its perplexity per language (``compare.evaluate_methods``).
+    """
+    text = "\n".join(to_markdown(safety_table(results, metric, langs, intervals=True), caption=caption)
+                     for metric, caption in measured_metrics(results).items())
+    if utility:
+        text += "\n" + to_markdown(utility_table(utility, langs), digits=2, caption="Utility")
+    return text
 
 
 def to_html(table: pd.DataFrame, digits: int = 1, caption: str | None = None) -> str:

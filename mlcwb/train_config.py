@@ -50,8 +50,9 @@ class TrainConfig:
     """Everything one training run needs; defaults follow the paper where it says.
 
     ``data`` is ``"corpus"`` (the project's corpus) or a path to a PromptSet JSONL.
-    ``align_langs``: languages of the alignment data (the paper aligns in English only).
-    ``langs``: languages of the MLC prompts (the first is the anchor, English in the paper).
+    ``align_languages``: languages of the alignment data (the paper aligns in English only).
+    ``mlc_languages``: languages of the MLC prompts (the first is the anchor, English in the paper).
+    ``train_prompts``: how many prompts of the split to train on (None: all).
     ``benign_rejected``: for DPO, benign prompts have no unsafe answer; ``refusal`` uses a refusal
     as their *rejected* answer (teaching the model not to over-refuse), ``skip`` drops them.
     ``schedule``: ``joint`` (align + MLC in one pass, the paper's "single update") or
@@ -74,9 +75,9 @@ class TrainConfig:
     model: str = "smollm2-135m-instruct"
     data: str = "corpus"
     split: str | list[str] = "train"
-    langs: list[str] = field(default_factory=lambda: list(PAPER_LANGUAGES))
-    align_langs: list[str] = field(default_factory=lambda: ["en"])
-    max_prompts: int | None = None
+    mlc_languages: list[str] = field(default_factory=lambda: list(PAPER_LANGUAGES))
+    align_languages: list[str] = field(default_factory=lambda: ["en"])
+    train_prompts: int | None = None
     align: str = "dpo"
     beta: float = 0.1
     pref_loss: str = "sigmoid"
@@ -162,15 +163,16 @@ class TrainConfig:
             (self.encoder_pooling in ENCODER_POOLINGS,
              f"encoder_pooling {self.encoder_pooling!r}: use one of {ENCODER_POOLINGS}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.max_prompts is None or self.max_prompts >= 1,
-             f"max_prompts must be >= 1, got {self.max_prompts}"),
+            (self.train_prompts is None or self.train_prompts >= 1,
+             f"train_prompts must be >= 1, got {self.train_prompts}"),
             (self.save_every >= 0 and self.warmup_steps >= 0, "save_every and warmup_steps must be >= 0"),
             (self.max_grad_norm is None or self.max_grad_norm >= 0,
              f"max_grad_norm must be >= 0 (0 or null: no clipping), got {self.max_grad_norm}; a "
              f"negative norm would flip every gradient"),
             (self.sequential_mlc_epochs >= 1, "sequential_mlc_epochs must be >= 1"),
-            (len(set(self.langs)) == len(self.langs), f"langs has duplicates: {self.langs}"),
-            (bool(self.align_langs) or self.align == "none", "align_langs is empty"),
+            (len(set(self.mlc_languages)) == len(self.mlc_languages),
+             f"mlc_languages has duplicates: {self.mlc_languages}"),
+            (bool(self.align_languages) or self.align == "none", "align_languages is empty"),
             (self.align != "none" or self.uses_mlc, "align: none needs an MLC term (mlc.lam > 0)"),
             (self.schedule == "joint" or (self.uses_mlc and self.align != "none"),
              "schedule: sequential needs both an alignment loss and an MLC term"),
@@ -180,8 +182,9 @@ class TrainConfig:
                 raise ConfigError(message)
         if self.mlc is not None:
             self.mlc.validate()
-            if self.uses_mlc and len(self.langs) < 2:
-                raise ConfigError(f"MLC compares languages: langs needs at least 2, got {self.langs}")
+            if self.uses_mlc and len(self.mlc_languages) < 2:
+                raise ConfigError(f"MLC compares languages: mlc_languages needs at least 2, got "
+                                  f"{self.mlc_languages}")
         if self.lora is not None and self.lora.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.lora.r}")
         self._check_languages()
@@ -191,8 +194,8 @@ class TrainConfig:
     def _check_languages(self) -> None:
         """Every language code is a known one, written canonically: a typo (``xx``) or an alias
         (``zh-CN``) here would otherwise surface only once the data is loaded, as "missing"."""
-        named = [(f"langs[{i}]", code) for i, code in enumerate(self.langs)]
-        named += [(f"align_langs[{i}]", code) for i, code in enumerate(self.align_langs)]
+        named = [(f"mlc_languages[{i}]", code) for i, code in enumerate(self.mlc_languages)]
+        named += [(f"align_languages[{i}]", code) for i, code in enumerate(self.align_languages)]
         if self.mlc is not None and self.mlc.lang_weights:
             named += [(f"mlc.lang_weights[{code!r}]", code) for code in self.mlc.lang_weights]
         for key, code in named:
@@ -204,9 +207,17 @@ class TrainConfig:
                 raise LanguageError(f"{key}: write language {code!r} as {canonical!r}")
 
 
+# Keys that were renamed so that a setting has one name from preset to result JSON; a config
+# written with the old name gets the new one in the error instead of a guess.
+RENAMED = {"langs": "mlc_languages", "align_langs": "align_languages", "max_prompts": "train_prompts"}
+
+
 def _check_keys(values: dict[str, Any], cls: type, prefix: str) -> None:
     known = [f.name for f in fields(cls)]
     for key in values:
+        if key in RENAMED and not prefix:
+            raise ConfigError(f"Config key {key!r} is now called {RENAMED[key]!r} (the name the notebooks "
+                              f"and the training summary use); rename it.")
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
@@ -397,5 +408,5 @@ def _flatten(hint: Any) -> set[Any]:
     return set().union(*(_flatten(a) for a in args)) if args else {hint}
 
 
-__all__ = ["ALIGNS", "ENCODER_POOLINGS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "SCHEDULES",
-           "TrainConfig"]
+__all__ = ["ALIGNS", "ENCODER_POOLINGS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "RENAMED",
+           "SCHEDULES", "TrainConfig"]

@@ -42,7 +42,7 @@ class AlignExample:
 @dataclass
 class TrainData:
     align: list[AlignExample]
-    mlc_texts: list[list[str]]  # [prompt][language], languages in config.langs order
+    mlc_texts: list[list[str]]  # [prompt][language], languages in config.mlc_languages order
     langs: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     mlc_prompts: PromptSet | None = None  # the prompts behind mlc_texts (labels, layer choice)
@@ -78,19 +78,19 @@ def prepare_data(config: TrainConfig, prompts: PromptSet, tokenizer: Any) -> Tra
     prompts = prompts.select(split=config.split)
     if len(prompts) == 0:
         raise DataError(f"No prompts in split {config.split!r} of {prompts.name}.")
-    needed = list(dict.fromkeys([*(config.langs if config.uses_mlc else []),
-                                 *(config.align_langs if config.align != "none" else [])]))
+    needed = list(dict.fromkeys([*(config.mlc_languages if config.uses_mlc else []),
+                                 *(config.align_languages if config.align != "none" else [])]))
     missing = [lang for lang in needed if lang not in prompts.languages]
     if missing:
         raise LanguageError(
             f"Languages {missing} are missing from {prompts.name} (every prompt has "
             f"{prompts.languages}). Translate them first (mlcwb.translate) or remove them from "
             f"langs/align_langs.")
-    if config.max_prompts and config.max_prompts < len(prompts):
-        keep = set(random.Random(config.seed).sample(prompts.ids, config.max_prompts))
+    if config.train_prompts and config.train_prompts < len(prompts):
+        keep = set(random.Random(config.seed).sample(prompts.ids, config.train_prompts))
         prompts = prompts.select(ids=[i for i in prompts.ids if i in keep])
     examples, skipped = _align_examples(config, prompts, tokenizer)
-    mlc_langs = list(config.langs) if config.uses_mlc else []
+    mlc_langs = list(config.mlc_languages) if config.uses_mlc else []
     mlc_texts = [[p.text[lang] for lang in mlc_langs] for p in prompts] if mlc_langs else []
     return TrainData(examples, mlc_texts, mlc_langs, skipped, prompts if mlc_langs else None)
 
@@ -106,7 +106,7 @@ def _align_examples(config: TrainConfig, prompts: PromptSet,
     def answer(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"] + eos
 
-    for lang in config.align_langs:
+    for lang in config.align_languages:
         for p in prompts:
             if not p.response:
                 skipped["no_response"] += 1

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlcwb.answer_kl import opening_logps
 from mlcwb.backbone import pool_hidden, position_ids
 from mlcwb.errors import ConfigError
 from mlcwb.logprobs import masked_token_logps
@@ -58,7 +59,8 @@ class TrainModule(nn.Module):
     """Policy model + MLC extractor behind one forward (what accelerate wraps).
 
     ``forward(align=..., mlc=...)`` returns answer log-probs for the alignment rows and the
-    extracted vectors ``z`` (float32) of the MLC rows, from separate passes or, with
+    extracted vectors ``z`` (float32) of the MLC rows (and, with ``mlc.answer_kl``, the policy's
+    log-probs of the reference's answer openings), from separate passes or, with
     ``batching="official"``, from one padded pass that also computes every position's logits.
     An encoder-decoder scores answers with its decoder and takes MLC states from its encoder
     (``mlcwb.seq2seq``); the official batching is a decoder-only layout and refuses it.
@@ -91,6 +93,9 @@ class TrainModule(nn.Module):
         if states is not None:
             out["states"] = states
             out["z"] = self.extractor(states)
+        if mlc is not None and "kl_input_ids" in mlc:
+            out["kl_top"], out["kl_rest"] = opening_logps(self.model, mlc["kl_input_ids"],
+                                                          mlc["kl_attention_mask"], mlc["kl_top_ids"])
         return out
 
     def _answer_logps(self, align: dict[str, Any]) -> tuple[Tensor, Tensor]:

@@ -46,7 +46,7 @@ def _prompts(langs: dict[str, list[str]] | None = None) -> PromptSet:
 
 
 def _train_config(tmp_path: Path, **changes) -> TrainConfig:
-    base = dict(model="tiny-random-llama", langs=["en", "de"], epochs=1, batch_size=2, lr=1e-3,
+    base = dict(model="tiny-random-llama", mlc_languages=["en", "de"], epochs=1, batch_size=2, lr=1e-3,
                 precision="no", device="cpu", output_dir=str(tmp_path / "run"), max_steps=2,
                 mlc=MLCConfig(batch_size=2, extractor_dim=16, aux_every=1))
     return TrainConfig(**{**base, **changes}).validate()
@@ -154,8 +154,8 @@ def test_unknown_language_code(tmp_path, tiny_llama):
         get_language("xx")
     with pytest.raises(LanguageError, match="unknown language 'xx'"):
         PromptSet([Prompt("p", {"xx": "hi"}, False, "test")])
-    with pytest.raises(LanguageError, match=r"langs\[1\]: unknown language 'xx'"):
-        TrainConfig.from_dict({"langs": ["en", "xx"]})
+    with pytest.raises(LanguageError, match=r"mlc_languages\[1\]: unknown language 'xx'"):
+        TrainConfig.from_dict({"mlc_languages": ["en", "xx"]})
     bad = Preset("bad", "x", {**load_preset("tiny").common, "languages": ["en", "xx"]})
     with pytest.raises(LanguageError, match="common.languages: unknown language 'xx'"):
         preflight(bad)

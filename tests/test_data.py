@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -428,6 +429,18 @@ def test_real_corpus_languages(real_corpus):
     assert len(real_corpus) >= 400 and len(real_corpus.languages) >= 11, real_corpus.languages
     assert {"zh", "ru", "ja", "ar", "bn", "sw", "ur"} <= set(real_corpus.languages)
     assert all(p.text[lang].strip() for p in real_corpus for lang in real_corpus.languages)
+
+
+def test_balanced_is_the_draw_notebooks_02_and_03_were_written_with(real_corpus):
+    # a seeded sample of the harmful ids, then of the benign ids, kept in set order: the draw
+    # the notebooks made by hand before they called balanced, so their samples stay the same
+    for n, seed in ((48, 0), (96, 0), (7, 3)):
+        rng = random.Random(seed)
+        drawn = {*rng.sample([p.id for p in real_corpus if p.harmful], n // 2),
+                 *rng.sample([p.id for p in real_corpus if not p.harmful], n - n // 2)}
+        sample = real_corpus.balanced(n, seed)
+        assert sample.ids == [i for i in real_corpus.ids if i in drawn]
+        assert sum(p.harmful for p in sample) == n // 2
 
 
 def test_real_corpus_answers_cover_the_benign_dev_and_test_prompts(real_corpus):

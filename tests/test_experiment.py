@@ -29,7 +29,7 @@ def test_arms_differ_only_in_their_objective(tmp_path):
     assert only.mlc.variant == "contrastive"
     for name, cfg in configs.items():
         assert Path(cfg.output_dir) == Path(base.output_dir) / name
-        assert (cfg.seed, cfg.langs, cfg.max_prompts) == (base.seed, base.langs, base.max_prompts)
+        assert (cfg.seed, cfg.mlc_languages, cfg.train_prompts) == (base.seed, base.mlc_languages, base.train_prompts)
     with pytest.raises(ConfigError, match="Unknown arms"):
         arm_configs(base, mlc, ["dpo_plus"])
 
@@ -42,7 +42,7 @@ def test_an_mlc_arm_without_the_mlc_term_is_an_error(tmp_path):
 
 
 def test_arm_settings_name_everything_that_shaped_an_arm(tmp_path):
-    base = tiny_config(tmp_path, align="dpo", pref_loss="simpo", lr=3e-4, max_prompts=6)
+    base = tiny_config(tmp_path, align="dpo", pref_loss="simpo", lr=3e-4, train_prompts=6)
     mlc = MLCConfig(lam=0.5, tau=0.1, batch_size=2, variant="label_contrastive", centre="running", layer=2)
     settings = arm_settings(arm_configs(base, mlc, ["align", "mlc", "mlc_only"], mlc_only_lr=1e-5))
     assert settings["align"]["lr"] == 3e-4 and settings["align"]["pref_loss"] == "simpo"
@@ -50,7 +50,7 @@ def test_arm_settings_name_everything_that_shaped_an_arm(tmp_path):
     joint, alone = settings["mlc"], settings["mlc_only"]
     assert (joint["mlc_lam"], joint["mlc_tau"], joint["mlc_variant"], joint["mlc_centre"], joint["mlc_layer"]) == (
         0.5, 0.1, "label_contrastive", "running", 2)
-    assert joint["mlc_languages"] == base.langs and joint["max_prompts"] == 6 and joint["seed"] == base.seed
+    assert joint["mlc_languages"] == base.mlc_languages and joint["train_prompts"] == 6 and joint["seed"] == base.seed
     assert alone["align"] == "none" and alone["lr"] == 1e-5 and alone["mlc_aux_every"] == 1
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from mlcwb.errors import LanguageError
 from mlcwb.languages import (LANGUAGES, MULTIJAIL_LANGUAGES, PAPER_LANGUAGES, RESOURCE_LEVELS, get_language,
-                             language_codes)
+                             language_codes, unseen_languages)
 
 
 def test_registry_covers_paper_multijail_and_extra_languages():
@@ -59,3 +59,12 @@ def test_unknown_code_lists_close_matches():
 def test_language_codes_canonical_and_deduplicated():
     assert language_codes(["en", "zh-CN", "zh", "ckb"]) == ["en", "zh", "ku"]
     assert language_codes("Russian") == ["ru"]
+
+
+def test_unseen_languages_are_the_measured_ones_training_left_out():
+    measured = ["en", "zh", "ru", "ja", "ar", "sw"]
+    assert unseen_languages(measured, ["en", "zh", "ru", "ja", "ar"]) == ["sw"]
+    assert unseen_languages(["sw", "en", "ur"], ["en", "fr"]) == ["sw", "ur"]  # measured order
+    assert unseen_languages(measured, measured) == []
+    assert unseen_languages(measured, None) == []  # no training summary: nothing to mark
+    assert unseen_languages(measured, []) == measured  # trained on none of them

@@ -65,9 +65,9 @@ def test_preset_languages_relate_as_the_experiment_needs():
     transfer, paper = load_preset("transfer"), load_preset("paper")
     langs = transfer.common["languages"]
     assert transfer.notebooks["04_mlc_training"]["mlc_languages"] == langs[:5]
-    assert transfer.notebooks["01_translation"]["languages"] == langs[1:]
+    assert transfer.notebooks["01_translation"]["target_languages"] == langs[1:]
     assert paper.common["languages"] == PAPER_LANGUAGES
-    assert paper.notebooks["01_translation"]["languages"] == PAPER_LANGUAGES[1:]
+    assert paper.notebooks["01_translation"]["target_languages"] == PAPER_LANGUAGES[1:]
     for name in preset_names():
         reproduce_module._check_languages(load_preset(name))  # every code is known
 

@@ -12,7 +12,7 @@ import mlcwb.reproduce as reproduce_module
 import mlcwb.run_report
 from mlcwb.errors import ConfigError, ModelFetchError
 from mlcwb.notebooks import notebook_paths
-from mlcwb.presets import Preset, load_preset, preset_names
+from mlcwb.presets import RENAMED_PARAMETERS, Preset, load_preset, preset_names
 from mlcwb.reproduce import library_fingerprint, preflight, reproduce, stage_parameters
 
 
@@ -27,6 +27,27 @@ def test_unknown_preset_parameter_is_an_error(tmp_path):
     bad = Preset("bad", "x", {"model_name": "tiny-random-llama"}, {"00_quickstart": {"nope": 1}})
     with pytest.raises(ConfigError, match="nope"):
         stage_parameters(bad, notebook_paths()[0], tmp_path)
+
+
+@pytest.mark.parametrize(("stem", "old", "new"), [(stem, old, new) for stem, names in RENAMED_PARAMETERS.items()
+                                                   for old, new in names.items()])
+def test_a_renamed_parameter_is_an_error_naming_its_new_name(tmp_path, stem, old, new):
+    notebook = next(path for path in notebook_paths() if path.stem == stem)
+    declared = stage_parameters(load_preset("tiny"), notebook, tmp_path)
+    assert old not in declared and (new in declared or new in reproduce_module._parameter_defaults(notebook))
+    bad = Preset("bad", "x", {"model_name": "tiny-random-llama"}, {stem: {old: 1}})
+    with pytest.raises(ConfigError, match=f"{stem}.{old} is now called {new!r}"):
+        stage_parameters(bad, notebook, tmp_path)
+
+
+def test_a_common_key_no_notebook_declares_is_an_error():
+    for key, message in [("lam", "common sets \\['lam'\\], which no notebook declares. lam is now called 'mlc_lam'"),
+                         ("epochz", "common sets \\['epochz'\\], which no notebook declares.$")]:
+        bad = Preset("bad", "x", {**load_preset("tiny").common, key: 1})
+        with pytest.raises(ConfigError, match=message):
+            reproduce_module._check_common(bad)
+    for name in preset_names():
+        reproduce_module._check_common(load_preset(name))
 
 
 def test_config_file_overrides_and_rejects_unknown_keys(tmp_path):

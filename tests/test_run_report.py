@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from mlcwb.errors import DataError
-from mlcwb.metrics import language_metrics
-from mlcwb.tables import detectable_differences, detectable_sentence, to_markdown, with_interval
+from mlcwb.metrics import METRICS, language_metrics, paired_comparison
+from mlcwb.tables import (detectable_differences, detectable_sentence, safety_table, to_markdown,
+                          with_interval)
 from mlcwb.presets import Preset, load_preset
 from mlcwb.run_report import (_choice_section, _geometry_section, _safety_section, utility_table,
                               holm_by_language, reading, write_report, write_safety_exports)
-from mlcwb.summaries import save_safety_summary, save_training_summary
+from mlcwb.summaries import paired_comparisons, save_safety_summary, save_training_summary
 from tests.test_metrics import _judged
 
 
@@ -184,10 +185,12 @@ def _notebook_05_results() -> tuple[dict, dict]:
 
 def test_save_safety_summary_writes_what_the_report_reads(tmp_path):
     judged, metrics = _notebook_05_results()
-    json_path, csv_path = save_safety_summary(tmp_path, metrics, judged, ["en", "zh"],
-                                              utility={"raw": {"en": 12.5, "zh": 20.0}, "align": {"en": 13.0, "zh": 21.5},
-                                                       "mlc": {"en": 13.1, "zh": 19.0}})
+    json_path, csv_path, md_path = save_safety_summary(
+        tmp_path, metrics, judged, ["en", "zh"],
+        utility={"raw": {"en": 12.5, "zh": 20.0}, "align": {"en": 13.0, "zh": 21.5},
+                 "mlc": {"en": 13.1, "zh": 19.0}})
     assert json_path == tmp_path / "metrics" / "05_safety.json"
+    assert md_path == tmp_path / "safety_table.md" and "**Utility**" in md_path.read_text()
     assert csv_path == tmp_path / "metrics.csv" and len(pd.read_csv(csv_path)) == 3 * 2 * 4
     saved = json.loads(json_path.read_text())
     assert saved["languages"] == ["en", "zh"] and set(saved["methods"]) == {"raw", "align", "mlc"}
@@ -242,8 +245,8 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
     saved = json.loads(path.read_text())
     assert {k: saved[k] for k in ("before", "align", "mlc", "mlc_seq", "floor")} == \
         {"before": 1.9, "align": 1.8, "mlc": 1.2, "mlc_seq": 1.1, "floor": 0.04}
-    assert (saved["objective_layer"], saved["layer"], saved["variant"]) == (1, 0, "contrastive")
-    assert saved["mlc_langs"] == ["en", "zh"] and saved["unseen"] == ["ru"]
+    assert (saved["objective_layer"], saved["mlc_layer"], saved["mlc_variant"]) == (1, 0, "contrastive")
+    assert saved["mlc_languages"] == ["en", "zh"] and saved["unseen"] == ["ru"]
     assert saved["arms"] == ["align", "mlc", "mlc_seq"] and saved["heldout_prompts"] == 8
     assert saved["steps"] == {"align": 4, "mlc": 4, "mlc_seq": 8}
     assert saved["probe_auroc"]["mlc"] == {"en": 0.8123, "zh": 0.7}
@@ -253,7 +256,7 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
     assert reading(None, training)[0].startswith("MLC lowered the held-out MLC objective")
     plain = json.loads(save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh"], "last", 8,
                                              {"align": 4, "mlc": 4}).read_text())
-    assert plain["mlc_langs"] == ["en", "zh"] and plain["unseen"] == [] and plain["layer"] == 1
+    assert plain["mlc_languages"] == ["en", "zh"] and plain["unseen"] == [] and plain["mlc_layer"] == 1
     assert plain["distinctness"] is None and len(_geometry_section(tmp_path)[0].tables) == 1
     assert "settings" not in plain
     settings = {"align": {"lr": 1e-5, "align": "sft"}, "mlc": {"lr": 1e-5, "align": "sft", "mlc_lam": 0.8}}
@@ -266,6 +269,46 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
     with pytest.raises(DataError, match="lacks columns"):
         save_training_summary(tmp_path, pd.DataFrame(rows).drop(columns="model"), ["en"], "last",
                               8, {})
+
+
+def test_safety_table_md_is_byte_for_byte_what_notebook_05_wrote(tmp_path):
+    judged = {}
+    for name, (h_en, h_zh) in {"raw": (2, 1), "align": (9, 3), "mlc": (9, 9)}.items():
+        frame = _judged({"en": h_en, "zh": h_zh}, {"en": 1, "zh": 1})
+        judged[name] = frame.assign(refusal_score=[(i % 7) / 3 - 1 + 2 * r
+                                                   for i, r in enumerate(frame["refused"])])
+    metrics = {name: language_metrics(frame, n_boot=200) for name, frame in judged.items()}
+    utility = {"raw": {"en": 12.3456, "zh": 20.0}, "align": {"en": 13.0, "zh": 21.555},
+               "mlc": {"zh": 19.0, "en": 13.1}}
+    langs = ["en", "zh"]
+    # notebook 05's own code, before save_safety_summary wrote the file for it
+    shown = {m: safety_table(metrics, m, langs, intervals=True) for m in
+             ["safety_rate", "over_refusal", "borderline_over_refusal", "discrimination",
+              "lang_match", "score_auroc"]}
+    util = utility_table(utility, langs)
+    text = "\n".join(to_markdown(t, caption=METRICS[m]) for m, t in shown.items())
+    expected = (text + "\n" + to_markdown(util, digits=2, caption="Utility")).encode("utf-8")
+    md_path = save_safety_summary(tmp_path, metrics, judged, langs, utility=utility)[-1]
+    assert md_path == tmp_path / "safety_table.md" and md_path.read_bytes() == expected
+    assert b"**Refusal-score discrimination" in expected and b"| + MLC (joint) | 13.10 | 19.00 |" in expected
+
+
+def test_paired_comparisons_are_computed_once_for_the_notebook_and_the_summary(tmp_path):
+    judged, metrics = _notebook_05_results()
+    paired = paired_comparisons(judged)
+    assert list(paired) == ["raw->align", "raw->mlc", "align->mlc"]
+    assert all(list(kinds) == ["harmful", "benign"] for kinds in paired.values())
+    pd.testing.assert_frame_equal(paired["align->mlc"]["benign"],
+                                  paired_comparison(judged["align"], judged["mlc"], harmful=False))
+    given = save_safety_summary(tmp_path / "given", metrics, judged, ["en", "zh"], paired=paired)
+    computed = save_safety_summary(tmp_path / "computed", metrics, judged, ["en", "zh"])
+    assert given[0].read_bytes() == computed[0].read_bytes()
+    # what the caller hands over is what is stored: nothing is compared a second time
+    only = {"raw->mlc": {"harmful": paired["raw->mlc"]["harmful"]}}
+    saved = json.loads(save_safety_summary(tmp_path, metrics, judged, ["en", "zh"],
+                                           paired=only)[0].read_text())
+    assert list(saved["paired"]) == ["raw->mlc"] and list(saved["paired"]["raw->mlc"]) == ["harmful"]
+    assert saved["paired"]["raw->mlc"]["harmful"]["zh"]["change"] == 80.0
 
 
 def test_safety_summary_keeps_what_notebook_05_measured_besides_the_rates(tmp_path):

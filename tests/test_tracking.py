@@ -184,5 +184,5 @@ def test_the_config_is_flattened_for_the_trackers():
 
     flat = flat_config(TrainConfig(mlc=MLCConfig(lang_weights={"en": 1.0})).to_dict())
     assert flat["mlc.lam"] == MLCConfig().lam and flat["mlc.lang_weights.en"] == 1.0
-    assert flat["langs"] == ",".join(TrainConfig().langs) and flat["lora"] is None
+    assert flat["mlc_languages"] == ",".join(TrainConfig().mlc_languages) and flat["lora"] is None
     assert all(v is None or isinstance(v, (str, int, float, bool)) for v in flat.values())

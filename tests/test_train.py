@@ -24,7 +24,7 @@ from mlcwb.mlc import Extractor, MLCConfig, mlc_loss
 from mlcwb.models import encode_prompts, load_model
 from mlcwb.preference import dpo_loss
 from mlcwb.train import train
-from mlcwb.train_config import REFUSAL, TrainConfig
+from mlcwb.train_config import REFUSAL, RENAMED, TrainConfig
 from mlcwb.train_data import collate_align, encode_mlc, prepare_data
 from mlcwb.train_module import TrainModule
 from mlcwb.train_plan import plan
@@ -46,7 +46,7 @@ def tiny_prompts(n: int = 8) -> PromptSet:
 
 
 def tiny_config(tmp_path: Path, **changes) -> TrainConfig:
-    base = dict(model="tiny-random-llama", langs=LANGS, epochs=1, batch_size=2, lr=1e-3,
+    base = dict(model="tiny-random-llama", mlc_languages=LANGS, epochs=1, batch_size=2, lr=1e-3,
                 precision="no", device="cpu", output_dir=str(tmp_path / "run"),
                 mlc=MLCConfig(batch_size=2, extractor_dim=16, aux_every=2))
     base.update(changes)
@@ -63,8 +63,8 @@ def test_unknown_keys_name_the_closest_one():
 
 
 @pytest.mark.parametrize("bad", [{"batch_size": 0}, {"epochs": 0}, {"align": "ppo"},
-                                 {"schedule": "both"}, {"beta": 0}, {"langs": ["en"]},
-                                 {"langs": ["en", "en"]}, {"max_steps": 0},
+                                 {"schedule": "both"}, {"beta": 0}, {"mlc_languages": ["en"]},
+                                 {"mlc_languages": ["en", "en"]}, {"max_steps": 0},
                                  {"mlc": {"tau": -1}}, {"align": "none", "mlc": None}])
 def test_impossible_values_are_config_errors(bad):
     with pytest.raises(ConfigError):
@@ -84,7 +84,7 @@ def test_yaml_round_trip(tmp_path):
 def test_sizes_and_languages_are_checked_against_the_data(tmp_path, tiny_llama):
     _, tok = tiny_llama
     with pytest.raises(LanguageError, match="zh"):
-        prepare_data(tiny_config(tmp_path, langs=["en", "zh"]), tiny_prompts(), tok)
+        prepare_data(tiny_config(tmp_path, mlc_languages=["en", "zh"]), tiny_prompts(), tok)
     data = prepare_data(tiny_config(tmp_path), tiny_prompts(), tok)
     with pytest.raises(ConfigError, match="batch_size 16"):
         plan(tiny_config(tmp_path, batch_size=16), len(data.align), len(data.mlc_texts))
@@ -475,6 +475,10 @@ def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
     state = torch.load(ckpt / "training_state.pt", weights_only=True)
     for key in ("pref_loss", "simpo_gamma", "orpo_lambda", "encoder_pooling"):
         del state["config"][key]
+    for key in ("centre", "layer"):  # MLC settings added later
+        del state["config"]["mlc"][key]
+    for old, new in RENAMED.items():  # and keys saved under their old names
+        state["config"][old] = state["config"].pop(new)
     torch.save(state, ckpt / "training_state.pt")
     assert train(config.replace(max_steps=3), prompts=tiny_prompts()).resumed_from == 1
     with pytest.raises(TrainingError, match="pref_loss"):

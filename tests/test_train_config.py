@@ -14,7 +14,7 @@ import pytest
 
 from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.mlc import MLCConfig
-from mlcwb.train_config import LoraSettings, TrainConfig
+from mlcwb.train_config import RENAMED, LoraSettings, TrainConfig
 
 OFFICIAL = """\
 # The official repository's MLC settings, written as a person would.
@@ -23,7 +23,7 @@ align: dpo
 lr: 6e-7
 beta: 0.1
 epochs: 3
-langs: [en, zh, ru]
+mlc_languages: [en, zh, ru]
 mlc:
   lam: 0.8
   aux_every: 2
@@ -102,23 +102,23 @@ def test_bools_from_quoted_words():
 def test_lists_and_unions(tmp_path):
     config = _load(tmp_path, "split: [train, test]\nlora: {target_modules: all-linear}\n")
     assert config.split == ["train", "test"] and config.lora.target_modules == "all-linear"
-    with pytest.raises(ConfigError, match=r"langs: 'en' is not a list of str"):
-        TrainConfig.from_dict({"langs": "en"})
+    with pytest.raises(ConfigError, match=r"mlc_languages: 'en' is not a list of str"):
+        TrainConfig.from_dict({"mlc_languages": "en"})
     with pytest.raises(ConfigError, match=r"split: 3 is not a str or list of str"):
         TrainConfig.from_dict({"split": 3})
 
 
 def test_bare_norwegian_code_says_to_quote_it(tmp_path):
     # `no` is Norwegian, and YAML 1.1 reads it as False.
-    with pytest.raises(ConfigError, match=r"langs\[1\]: False is not a str.*quote"):
-        _load(tmp_path, "langs: [en, no]\n")
-    with pytest.raises(LanguageError, match=r"langs\[1\]: unknown language 'no'"):
-        _load(tmp_path, "langs: [en, 'no']\n")  # quoted it is text, and then checked as a code
+    with pytest.raises(ConfigError, match=r"mlc_languages\[1\]: False is not a str.*quote"):
+        _load(tmp_path, "mlc_languages: [en, no]\n")
+    with pytest.raises(LanguageError, match=r"mlc_languages\[1\]: unknown language 'no'"):
+        _load(tmp_path, "mlc_languages: [en, 'no']\n")  # quoted it is text, and then checked as a code
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"langs": ["en", "xx"]}, r"langs\[1\]: unknown language 'xx'"),
-    ({"align_langs": ["zh-CN"]}, r"align_langs\[0\]: write language 'zh-CN' as 'zh'"),
+    ({"mlc_languages": ["en", "xx"]}, r"mlc_languages\[1\]: unknown language 'xx'"),
+    ({"align_languages": ["zh-CN"]}, r"align_languages\[0\]: write language 'zh-CN' as 'zh'"),
     ({"mlc": {"lang_weights": {"klingon": 1.0}}}, r"mlc.lang_weights\['klingon'\]: unknown language"),
 ])
 def test_language_codes_are_checked_before_any_data_loads(raw, message):
@@ -129,6 +129,13 @@ def test_language_codes_are_checked_before_any_data_loads(raw, message):
 def test_unknown_nested_keys_still_suggest_the_closest():
     with pytest.raises(ConfigError, match="Did you mean mlc.'aux_every'"):
         TrainConfig.from_dict({"mlc": {"aux_evry": 2}})
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED.items()))
+def test_an_old_key_names_its_new_name(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=f"{old!r} is now called {new!r}"):
+        _load(tmp_path, f"{old}: null\n")
+    assert hasattr(TrainConfig(), new)
 
 
 def test_replace_converts_too():

@@ -57,7 +57,7 @@ def config(tmp_path: Path, name: str, mlc: dict | None = MLC_ON, **changes) -> T
     ``mlc``: changes to those MLC settings, or None for no MLC term."""
     settings = None if mlc is None else MLCConfig(
         **{"batch_size": 2, "extractor_dim": EXT_DIM, "aux_every": 1, **mlc})
-    base = dict(model="tiny-random-llama", langs=LANGS, align="sft", epochs=1, batch_size=2,
+    base = dict(model="tiny-random-llama", mlc_languages=LANGS, align="sft", epochs=1, batch_size=2,
                 lr=1e-3, precision="no", device="cpu", output_dir=str(tmp_path / name),
                 mlc=settings)
     base.update(changes)
