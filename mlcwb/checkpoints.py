@@ -173,7 +173,15 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, ckpt: Path) -> 
     resumes."""
     current = config.to_dict()
     defaults = TrainConfig().to_dict()
-    saved = {**defaults, **{RENAMED.get(key, key): value for key, value in saved.items()}}
+    saved = {**defaults, **saved}
+    for old, new in RENAMED.items():
+        if old in saved:
+            section, _, key = new.rpartition(".")
+            value = saved.pop(old)
+            if not section:
+                saved[key] = value
+            elif isinstance(saved[section], dict):
+                saved[section].setdefault(key, value)
     for section, cls in (("mlc", MLCConfig), ("lora", LoraSettings)):
         if isinstance(saved[section], dict):
             saved[section] = {**asdict(cls()), **saved[section]}

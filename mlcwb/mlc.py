@@ -64,6 +64,10 @@ class MLCConfig:
     ``centre`` subtracts each language's mean row before the term (``batch``: over the batch's
     prompts; ``running``: a running mean kept across steps with ``centre_momentum``), so what is
     made collinear is a prompt's content, not its language; collapse then costs the most.
+    ``encoder_pooling``: for encoder-decoder models (T5, mT5, mT0), how the prompt vector is pooled
+    from the encoder, in place of ``pooling``: ``content_mean`` (the mean over the prompt's own
+    tokens, since no encoder position is the one the answer is predicted from), ``content_last``
+    or ``last`` (``mlcwb.seq2seq``).
     ``answer_kl`` (> 0: on) adds, on every MLC step, that weight x KL(reference || policy) over
     the first ``answer_kl_tokens`` answer tokens of each non-anchor prompt, the reference being
     the untrained model's distribution (its ``answer_kl_top`` most likely tokens and the rest):
@@ -79,6 +83,7 @@ class MLCConfig:
     extractor_lr: float | None = None  # None: the model's lr
     layer: int | str = -1  # or "auto": chosen from the untrained model's geometry
     pooling: str = "last"
+    encoder_pooling: str = "content_mean"
     lang_weights: dict[str, float] | None = None
     batching: str = "separate"
     batch_size: int = 2  # prompts per MLC step; each brings all its languages
@@ -94,6 +99,8 @@ class MLCConfig:
             (self.variant in VARIANTS, f"mlc.variant {self.variant!r}: use one of {VARIANTS}"),
             (self.extractor in EXTRACTORS, f"mlc.extractor {self.extractor!r}: use one of {EXTRACTORS}"),
             (self.pooling in POOLINGS, f"mlc.pooling {self.pooling!r}: use one of {POOLINGS}"),
+            (self.encoder_pooling in POOLINGS,
+             f"mlc.encoder_pooling {self.encoder_pooling!r}: use one of {POOLINGS}"),
             (self.batching in BATCHINGS, f"mlc.batching {self.batching!r}: use one of {BATCHINGS}"),
             (self.buckets in BUCKETINGS, f"mlc.buckets {self.buckets!r}: use one of {BUCKETINGS}"),
             (self.centre in CENTRINGS, f"mlc.centre {self.centre!r}: use one of {CENTRINGS}"),

@@ -72,7 +72,7 @@ class MLCSide:
 
     def module(self, model: nn.Module, extractor: Extractor, pad_id: int,
                device: torch.device) -> TrainModule:
-        """An encoder-decoder pools its encoder with ``encoder_pooling`` and runs one padded MLC
+        """An encoder-decoder pools its encoder with ``mlc.encoder_pooling`` and runs one padded MLC
         batch (the shared-prefix cache behind length buckets needs causal attention)."""
         seq2seq = is_encoder_decoder(model)
         layer = self.layer(model, device)
@@ -84,7 +84,7 @@ class MLCSide:
                                                self.cfg.answer_kl_tokens, self.cfg.answer_kl_top,
                                                self.config.chat_template)
         return TrainModule(model, extractor, layer,
-                           self.config.encoder_pooling if seq2seq else self.cfg.pooling,
+                           self.cfg.encoder_pooling if seq2seq else self.cfg.pooling,
                            self.cfg.batching, pad_id,
                            bucketed=use_buckets(self.cfg, device) and not seq2seq)
 

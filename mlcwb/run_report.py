@@ -21,8 +21,8 @@ from mlcwb.metrics import holm_adjust
 from mlcwb.report_render import Section, render_html, render_markdown
 from mlcwb.summaries import SAFETY_JSON, TRAINING_JSON
 from mlcwb.tables import (METHOD_LABELS, METRICS_CSV, SAFETY_MD, detectable_differences,
-                          detectable_sentence, safety_table, to_latex, utility_table, with_interval,
-                          write_metrics_csv)
+                          detectable_sentence, language_gate, safety_table, to_latex, utility_table,
+                          with_interval, write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,8 @@ def reading(safety: dict[str, Any] | None, training: dict[str, Any] | None) -> l
                    + ("beyond noise: it tells them apart)." if tells else
                       "within noise: it refuses without telling harmful from benign, so there is "
                       "little safety behaviour for MLC to carry to other languages)."))
-    return out + _change_sentences(safety.get("paired", {}))
+    gate = language_gate({m: pd.DataFrame.from_dict(rows, orient="index") for m, rows in methods.items()}, langs)
+    return out + ([gate] if gate else []) + _change_sentences(safety.get("paired", {}))
 
 
 def _change_sentences(paired: dict[str, Any]) -> list[str]:

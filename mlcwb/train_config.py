@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 
-from mlcwb.defaults import POOLINGS
 from mlcwb.errors import ConfigError, LanguageError
 from mlcwb.io import read_yaml
 from mlcwb.languages import PAPER_LANGUAGES, get_language
@@ -31,7 +30,6 @@ ALIGNS = ("sft", "dpo", "none")
 SCHEDULES = ("joint", "sequential")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BENIGN_REJECTED = ("refusal", "skip")
-ENCODER_POOLINGS = POOLINGS
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
@@ -63,10 +61,6 @@ class TrainConfig:
     ``simpo_gamma``: SimPO's target reward margin γ, in reward units (trl's convention; SimPO's
     own code sets gamma_beta_ratio = γ/β, its default 0.25 x β 2.0 = 0.5).
     ``orpo_lambda``: ORPO's λ, the weight of the odds-ratio term beside the SFT loss.
-    ``encoder_pooling``: for encoder-decoder models (T5, mT5, mT0), how the MLC prompt vector is
-    pooled from the encoder (``mlc.pooling`` serves decoder-only models): ``content_mean``, the
-    mean over the prompt's own tokens, since no encoder position is the one the answer is
-    predicted from; ``content_last`` or ``last`` for a last-token variant. See ``mlcwb.seq2seq``.
     ``report_to``: experiment tracking, as trl's and accelerate's ``report_to``: ``none``, ``all``
     (every installed one) or any of tensorboard, wandb, mlflow (a list for several); each log.jsonl
     row goes to them, TensorBoard's files to OUTPUT/tracking/. See ``mlcwb.tracking``.
@@ -96,7 +90,6 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     max_length: int = 1024
     chat_template: bool = True
-    encoder_pooling: str = "content_mean"
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
@@ -160,8 +153,6 @@ class TrainConfig:
              f"pref_loss {self.pref_loss!r} is a preference loss: it needs align: dpo, got "
              f"align: {self.align}"),
             (self.simpo_gamma >= 0 and self.orpo_lambda >= 0, "simpo_gamma and orpo_lambda must be >= 0"),
-            (self.encoder_pooling in ENCODER_POOLINGS,
-             f"encoder_pooling {self.encoder_pooling!r}: use one of {ENCODER_POOLINGS}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.train_prompts is None or self.train_prompts >= 1,
              f"train_prompts must be >= 1, got {self.train_prompts}"),
@@ -209,7 +200,8 @@ class TrainConfig:
 
 # Keys that were renamed so that a setting has one name from preset to result JSON; a config
 # written with the old name gets the new one in the error instead of a guess.
-RENAMED = {"langs": "mlc_languages", "align_langs": "align_languages", "max_prompts": "train_prompts"}
+RENAMED = {"langs": "mlc_languages", "align_langs": "align_languages", "max_prompts": "train_prompts",
+           "encoder_pooling": "mlc.encoder_pooling"}
 
 
 def _check_keys(values: dict[str, Any], cls: type, prefix: str) -> None:
@@ -408,5 +400,5 @@ def _flatten(hint: Any) -> set[Any]:
     return set().union(*(_flatten(a) for a in args)) if args else {hint}
 
 
-__all__ = ["ALIGNS", "ENCODER_POOLINGS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "RENAMED",
+__all__ = ["ALIGNS", "LoraSettings", "PREF_LOSSES", "REFUSAL", "RENAMED",
            "SCHEDULES", "TrainConfig"]

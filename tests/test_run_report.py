@@ -39,6 +39,17 @@ def test_reading_states_the_room_and_whether_english_refusal_discriminates():
     assert "+0 points" in text and "refuses without telling harmful from benign" in text
 
 
+def test_reading_names_the_methods_that_answer_below_the_language_gate():
+    safety = _safety(_lang(90, 10, 55), _lang(20, 5, -3))
+    assert not any("prompt's language" in t for t in reading(safety, None))  # not measured: no line
+    for method, shares in (("raw", (100, 97.9)), ("align", (95, 89.6))):
+        for lang, share in zip(("en", "zh"), shares):
+            safety["methods"][method][lang]["lang_match"] = share
+    line = next(t for t in reading(safety, None) if "prompt's language" in t)
+    assert line == ("Answers in the prompt's language (gate: at least 90% in every language): raw model passes; "
+                    "below the gate: English-only alignment in zh 89.6%.")
+
+
 def _paired(p_values: dict[str, float], holm: bool = True) -> dict:
     """A stored paired comparison whose intervals all exclude 0 (not the criterion)."""
     per_lang = {lang: {"change": 25.0, "change_lo": 6.25, "change_hi": 43.75, "p_value": p}

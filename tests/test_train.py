@@ -473,12 +473,13 @@ def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
     train(config, prompts=tiny_prompts())
     ckpt = latest_checkpoint(config.output_dir)
     state = torch.load(ckpt / "training_state.pt", weights_only=True)
-    for key in ("pref_loss", "simpo_gamma", "orpo_lambda", "encoder_pooling"):
+    for key in ("pref_loss", "simpo_gamma", "orpo_lambda"):
         del state["config"][key]
     for key in ("centre", "layer"):  # MLC settings added later
         del state["config"]["mlc"][key]
-    for old, new in RENAMED.items():  # and keys saved under their old names
-        state["config"][old] = state["config"].pop(new)
+    for old, new in RENAMED.items():  # and keys saved under their old names (and places)
+        section, _, key = new.rpartition(".")
+        state["config"][old] = (state["config"][section] if section else state["config"]).pop(key)
     torch.save(state, ckpt / "training_state.pt")
     assert train(config.replace(max_steps=3), prompts=tiny_prompts()).resumed_from == 1
     with pytest.raises(TrainingError, match="pref_loss"):
