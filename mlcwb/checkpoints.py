@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption (the rest must match).
 _RESUMABLE_CHANGES = {"lr", "weight_decay", "warmup_steps", "max_grad_norm", "epochs",
                       "sequential_mlc_epochs", "max_steps", "save_every", "keep_checkpoints",
-                      "output_dir", "resume", "device", "precision", "report_to"}
+                      "keep_phase_end", "output_dir", "resume", "device", "precision", "report_to"}
 
 
 def step_dirs(output_dir: Path) -> list[Path]:

@@ -10,6 +10,12 @@ differs, so their differences are the objectives' doing:
   model already shows in English into the other languages? It is also where collapse shows first
   (``mlcwb.collapse``).
 
+With both ``align`` and ``mlc_seq``, the English-only arm is not trained on its own: the sequential
+arm's alignment phase is the same run step for step (same seed, data order, optimizer; nothing in
+it reads the MLC settings), so the model it leaves is taken as the ``align`` arm
+(``derived_from``), and the experiment trains one alignment pass instead of two (tested: the
+weights are equal to those of alignment trained alone).
+
 An arm's run directory is ``OUTPUT/<arm>``. Rerunning resumes an interrupted arm from its last
 checkpoint, reuses a finished one, and starts over where the configuration changed, so a notebook
 stage that dies mid-training costs only the steps since the last checkpoint.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +37,7 @@ import yaml
 
 from mlcwb.defaults import ARMS
 from mlcwb.errors import ConfigError
-from mlcwb.io import read_jsonl
+from mlcwb.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from mlcwb.mlc import MLCConfig
 from mlcwb.train_config import TrainConfig
 
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_IGNORED = {"resume", "output_dir", "report_to"}  # may differ between a run and its rerun
+_IGNORED = {"resume", "output_dir", "report_to", "keep_phase_end"}  # may differ between a run and its rerun
 
 
 @dataclass
@@ -53,6 +60,7 @@ class ArmResult:
     log: list[dict]
     reused: bool = False
     resumed_from: int = 0  # the step an interrupted run was resumed from (0: none)
+    derived_from: str | None = None  # the arm whose alignment phase this arm is (see the module doc)
 
 
 def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
@@ -72,10 +80,12 @@ def arm_configs(base: TrainConfig, mlc: MLCConfig, arms: Sequence[str],
                           f"would train without the MLC term and pass for MLC arms. Set lam > 0, or "
                           f"train only the 'align' arm.")
     root = Path(base.output_dir)
+    # the sequential arm keeps its alignment phase's end when the English-only arm can be it
+    keep = "align" in arms and base.lora is None and base.max_steps is None
     derived = {
         "align": lambda: base.replace(mlc=None, schedule="joint"),
         "mlc": lambda: base.replace(mlc=mlc, schedule="joint"),
-        "mlc_seq": lambda: base.replace(mlc=mlc, schedule="sequential"),
+        "mlc_seq": lambda: base.replace(mlc=mlc, schedule="sequential", keep_phase_end=keep),
         "mlc_only": lambda: base.replace(
             mlc=dataclasses.replace(mlc, aux_every=1), align="none", pref_loss="sigmoid", schedule="joint",
             lr=base.lr if mlc_only_lr is None else mlc_only_lr),
@@ -151,14 +161,51 @@ def arm_settings(configs: dict[str, TrainConfig], results: dict[str, ArmResult] 
 
 
 def train_arms(configs: dict[str, TrainConfig], prompts: PromptSet | None = None) -> dict[str, ArmResult]:
-    """Every arm in order (see ``train_arm``); the trained models are freed between arms."""
+    """Every arm (see ``train_arm``), in ``configs``' order, except that the English-only arm is
+    taken from the sequential arm's alignment phase where it can be (module doc), so that arm
+    trains first; the trained models are freed between arms."""
     import gc
 
+    derive = "align" in configs and configs.get("mlc_seq") is not None and configs["mlc_seq"].keep_phase_end
+    order = sorted(configs, key=lambda arm: arm == "align") if derive else list(configs)
     results = {}
-    for name, config in configs.items():
-        results[name] = train_arm(name, config, prompts)
+    for name in order:
+        derived = align_from_phase(configs["align"], configs["mlc_seq"]) if name == "align" and derive else None
+        results[name] = derived or train_arm(name, configs[name], prompts)
         gc.collect()
-    return results
+    return {name: results[name] for name in configs}
 
 
-__all__ = ["ARMS", "ArmResult", "arm_configs", "arm_settings", "train_arm", "train_arms"]
+def align_from_phase(config: TrainConfig, sequential: TrainConfig) -> ArmResult | None:
+    """The English-only arm from the sequential arm's alignment phase (``train.PHASE_END``): its
+    model as ``final/``, that phase's log rows, and a summary saying where it came from. Reused
+    like a trained arm when an earlier run of the same configuration left it; None when neither
+    is there (a sequential arm finished before it kept its phase end: train ``align`` itself)."""
+    from mlcwb.train import PHASE_END
+
+    out, source = Path(config.output_dir), Path(sequential.output_dir)
+    saved = _saved_config(out)
+    if saved is not None and _same_run(saved, config) and (out / "summary.json").is_file() \
+            and (out / "final" / "config.json").is_file():
+        shutil.rmtree(source / PHASE_END, ignore_errors=True)
+        rows = read_jsonl(out / "log.jsonl") if (out / "log.jsonl").is_file() else []
+        origin = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("derived_from")
+        log.info("align: finished earlier in %s; reusing it", out)
+        return ArmResult("align", out / "final", len(rows), rows, True, derived_from=origin)
+    if not (source / PHASE_END / "config.json").is_file():
+        return None
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rows = [{**row, "phase": "joint"} for row in read_jsonl(source / "log.jsonl", skip_partial_last=True)
+            if row["phase"] == "align"]
+    write_jsonl(out / "log.jsonl", rows)
+    atomic_write_json(out / "summary.json", {"steps": len(rows), "resumed_from": 0,
+                                             "derived_from": "mlc_seq", "final_dir": str(out / "final"),
+                                             "last": rows[-1] if rows else None})
+    os.replace(source / PHASE_END, out / "final")
+    atomic_write_text(out / "config.yaml", config.to_yaml())  # last: it marks the arm finished
+    log.info("align: taken from the alignment phase of %s (%d steps)", source, len(rows))
+    return ArmResult("align", out / "final", len(rows), rows, derived_from="mlc_seq")
+
+
+__all__ = ["ARMS", "ArmResult", "align_from_phase", "arm_configs", "arm_settings", "train_arm", "train_arms"]

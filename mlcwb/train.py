@@ -185,6 +185,7 @@ def train(config: TrainConfig, model: Any = None, tokenizer: Any = None,
         _log(run, row, batch, grad_norm, tick)
         bar.set_postfix({k: round(row[k], 4) for k in ("loss", "align_loss", "mlc_loss") if k in row})
         _checkpoint(run, step)
+        _phase_end(run, step)
     bar.close()
     return _finish(run)
 
@@ -363,6 +364,17 @@ def _checkpoint(run: _Run, step: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+PHASE_END = "phase-align"  # OUTPUT/<this>: the model as a sequential run's alignment phase left it
+
+
+def _phase_end(run: _Run, step: int) -> None:
+    """With ``keep_phase_end``, the model after the last step of the alignment phase of a
+    sequential run (what alignment alone would have ended with), saved without optimizer state."""
+    if not run.config.keep_phase_end or len(run.phases) < 2 or step + 1 != run.phases[0].steps:
+        return
+    save_checkpoint(run.output_dir / PHASE_END, run.accelerator, run.module, run.tokenizer, None)
+
+
 def _positions(align: dict[str, Any] | None, mlc: dict[str, Tensor] | None, module: TrainModule) -> int:
     """Positions the forward computes (real tokens + padding): the cost the batching decides."""
     if align is not None and mlc is not None and module.batching == "official":
@@ -417,4 +429,4 @@ def _finish(run: _Run) -> TrainResult:
 
 
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["PHASE_END", "TrainResult", "train"]

@@ -61,6 +61,9 @@ class TrainConfig:
     ``simpo_gamma``: SimPO's target reward margin γ, in reward units (trl's convention; SimPO's
     own code sets gamma_beta_ratio = γ/β, its default 0.25 x β 2.0 = 0.5).
     ``orpo_lambda``: ORPO's λ, the weight of the odds-ratio term beside the SFT loss.
+    ``keep_phase_end``: with ``schedule: sequential``, save the model as the alignment phase
+    leaves it in ``OUTPUT/phase-align/``: that phase is, step for step, the same run as alignment
+    alone, so the experiment takes its English-only arm from it instead of training it twice.
     ``report_to``: experiment tracking, as trl's and accelerate's ``report_to``: ``none``, ``all``
     (every installed one) or any of tensorboard, wandb, mlflow (a list for several); each log.jsonl
     row goes to them, TensorBoard's files to OUTPUT/tracking/. See ``mlcwb.tracking``.
@@ -97,6 +100,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     save_every: int = 0  # steps; 0 = only the final checkpoint
     keep_checkpoints: int = 2
+    keep_phase_end: bool = False
     resume: bool = True
     report_to: str | list[str] = "none"
 

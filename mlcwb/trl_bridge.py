@@ -64,6 +64,10 @@ class MLCTrainerMixin:
                               f"decoder-only prompt states; train it with mlcwb.train, which takes "
                               f"the MLC states from the encoder.")
         self.mlc_config = (mlc_config or MLCConfig()).validate()
+        if self.mlc_config.answer_kl > 0:
+            raise ConfigError("mlc.answer_kl needs the untrained model's answer openings, which "
+                              "mlcwb.train computes before its first step and the trl bridge does "
+                              "not: train with mlcwb.train, or set mlc.answer_kl to 0.")
         self.mlc_prompts = [list(group) for group in mlc_prompts]
         if len(self.mlc_prompts) < self.mlc_config.batch_size or any(
                 len(g) != len(self.mlc_prompts[0]) or len(g) < 2 for g in self.mlc_prompts):

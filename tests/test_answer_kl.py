@@ -99,3 +99,20 @@ def test_bad_settings_are_config_errors():
     for bad in ({"answer_kl": -1.0}, {"answer_kl_tokens": 0}, {"answer_kl_top": 0}):
         with pytest.raises(ConfigError, match="answer_kl"):
             MLCConfig(**bad).validate()
+
+
+def test_the_trl_bridge_refuses_it_rather_than_ignore_it(tiny_llama):
+    from types import SimpleNamespace
+
+    from mlcwb.trl_bridge import MLCTrainerMixin
+
+    model, tok = tiny_llama
+
+    class Parent:
+        def __init__(self, model, args, processing_class):
+            self.model, self.args, self.processing_class = model, args, processing_class
+
+    with pytest.raises(ConfigError, match="answer_kl.*mlcwb.train"):
+        type("Bridge", (MLCTrainerMixin, Parent), {})(
+            model, SimpleNamespace(seed=0), tok, mlc_prompts=[["a", "b"], ["c", "d"]],
+            mlc_config=MLCConfig(answer_kl=1.0))

@@ -13,7 +13,8 @@ from mlcwb.errors import ConfigError
 from mlcwb.experiment import ARMS, arm_configs, arm_settings, train_arm, train_arms
 from mlcwb.io import read_jsonl, write_jsonl
 from mlcwb.mlc import MLCConfig
-from mlcwb.train import train
+from mlcwb.train import PHASE_END, train
+from mlcwb.train_config import LoraSettings
 from tests.test_train import tiny_config, tiny_prompts
 
 
@@ -94,3 +95,28 @@ def test_interrupted_arm_resumes_to_the_weights_of_an_unbroken_run(tmp_path):
     want = load_file(reference.final_dir / "model.safetensors")
     for name, value in load_file(resumed.final_dir / "model.safetensors").items():
         assert torch.allclose(value, want[name], atol=1e-6, rtol=0), name
+
+
+def test_the_english_only_arm_is_the_sequential_arms_alignment_phase(tmp_path, monkeypatch):
+    """Alignment alone and the sequential arm's alignment phase are one run: with both arms the
+    experiment trains it once, and the arm it takes has the weights alignment alone ends with."""
+    import mlcwb.train as train_module
+
+    mlc = MLCConfig(batch_size=2, extractor_dim=16, aux_every=1)
+    both = arm_configs(tiny_config(tmp_path / "both", align="sft"), mlc, ["align", "mlc_seq"])
+    alone = arm_configs(tiny_config(tmp_path / "alone", align="sft"), mlc, ["align"])
+    calls, real = [], train_module.train
+    monkeypatch.setattr(train_module, "train", lambda config, **kw: calls.append(config.schedule) or real(config, **kw))
+    derived, direct = train_arms(both, tiny_prompts()), train_arms(alone, tiny_prompts())
+    assert calls == ["sequential", "joint"], "with both arms only the sequential one trains"
+    assert list(derived) == ["align", "mlc_seq"] and derived["align"].derived_from == "mlc_seq"
+    assert direct["align"].derived_from is None and derived["align"].steps == direct["align"].steps == 4
+    ours, theirs = (load_file(r["align"].final_dir / "model.safetensors") for r in (derived, direct))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert [r["align_loss"] for r in derived["align"].log] == [r["align_loss"] for r in direct["align"].log]
+    assert not (Path(both["mlc_seq"].output_dir) / PHASE_END).exists(), "the phase's copy is moved, not kept"
+    again = train_arms(both, tiny_prompts())
+    assert again["align"].reused and again["mlc_seq"].reused and again["align"].derived_from == "mlc_seq"
+    assert len(calls) == 2
+    lora = tiny_config(tmp_path / "lora", align="sft", lora=LoraSettings())
+    assert not arm_configs(lora, mlc, ["align", "mlc_seq"])["mlc_seq"].keep_phase_end

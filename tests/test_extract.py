@@ -441,7 +441,8 @@ def test_errors_say_what_is_wrong(tiny_llama) -> None:
 def test_cli_registers_extract() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["extract", "--langs", "en,zh", "--layers", "0,-1", "--pooling",
+    args = parser.parse_args(["extract", "--languages", "en,zh", "--layers", "0,-1", "--pooling",
                               "content_mean", "--split", "test", "--out", "runs/x"])
     assert args.cmd == "extract" and args.pooling == "content_mean" and callable(args.func)
+    assert args.languages == "en,zh" == parser.parse_args(["extract", "--langs", "en,zh"]).languages
     assert args.layers == "0,-1" and args.out == "runs/x"

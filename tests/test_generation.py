@@ -229,7 +229,7 @@ def test_cli_evaluate_writes_the_judged_csv(tmp_path, capsys):
     from mlcwb.judge_markers import marker_version
 
     out = tmp_path / "eval.jsonl"
-    assert main(["evaluate", "--model", "tiny-random-llama", "--langs", "en", "--limit", "2",
+    assert main(["evaluate", "--model", "tiny-random-llama", "--languages", "en", "--limit", "2",
                  "--max-new-tokens", "2", "--device", "cpu", "--judge", "markers",
                  "--out", str(out)]) == 0
     judged = pd.read_csv(tmp_path / "eval.refusal-markers.csv")

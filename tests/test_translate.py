@@ -297,7 +297,7 @@ def test_cli_translate(tmp_path, capsys):
     src.save(tmp_path / "in.jsonl")
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["translate", "--input", str(tmp_path / "in.jsonl"), "--langs", "zh,ru",
+    args = parser.parse_args(["translate", "--input", str(tmp_path / "in.jsonl"), "--target-languages", "zh,ru",
                               "--out", str(tmp_path / "out.jsonl"), "--checks", str(tmp_path / "checks.csv"),
                               "--cache", str(tmp_path / "cache.jsonl")])
     assert args.func(args) == 0

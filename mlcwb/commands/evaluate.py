@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="generate responses and report safety per language")
     p.add_argument("--model", default=DEFAULT_MODEL, help="alias, local dir or hub id")
-    p.add_argument("--langs", nargs="+", default=None, help="language codes (default: all present)")
+    p.add_argument("--languages", "--langs", dest="languages", nargs="+", default=None,
+                   help="language codes (default: all present)")
     p.add_argument("--split", default="test", help="corpus split (ignored for --multijail)")
     p.add_argument("--multijail", help="MultiJail CSV path or hub id instead of the corpus")
     p.add_argument("--limit", type=int, default=0, help="first N prompts only (0 = all)")
@@ -50,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".jsonl":
         raise ConfigError(f"--out {out}: give a .jsonl file (the responses; the judged rows go beside it).")
     judge = make_judge(args.judge, device=args.device)  # a bad spec fails before generation
-    prompts = load_multijail(args.multijail) if args.multijail else load_corpus(args.langs)
+    prompts = load_multijail(args.multijail) if args.multijail else load_corpus(args.languages)
     if args.split and not args.multijail:
         prompts = prompts.select(split=args.split)
     if args.limit:
         prompts = type(prompts)(prompts.prompts[:args.limit], name=prompts.name)
-    result = evaluate_methods({out.stem: args.model}, prompts, args.langs, judge, out.parent,
+    result = evaluate_methods({out.stem: args.model}, prompts, args.languages, judge, out.parent,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                               n_boot=2000, device=args.device, dtype=args.dtype)
     log.info("judged rows (%s %s) beside %s", judge.name, judge.version, out)

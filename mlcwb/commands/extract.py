@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "extract", help="extract pooled hidden states of the corpus",
         description="Pooled hidden states of the project corpus, saved (and cached) in RUN_DIR/reps/.")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--langs", default=None, help="comma-separated codes (default: all in corpus)")
+    p.add_argument("--languages", "--langs", dest="languages", default=None,
+                   help="comma-separated codes (default: all in corpus)")
     p.add_argument("--layers", default="all",
                    help="comma-separated hidden_states indices, negatives from the end, or 'all'")
     p.add_argument("--pooling", default="last", choices=POOLINGS)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mlcwb.paths import open_run_dir
 
     layers = parse_layers(args.layers)  # before loading the model: a typo should fail at once
-    langs = [code.strip() for code in args.langs.split(",") if code.strip()] if args.langs else None
+    langs = [code.strip() for code in args.languages.split(",") if code.strip()] if args.languages else None
     model, tokenizer = load_model(args.model, device=args.device)
     prompts = load_corpus(langs)
     if args.split:

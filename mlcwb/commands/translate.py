@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("translate", help="translate a prompt set into more languages, with checks")
     p.add_argument("--input", required=True, help="PromptSet JSONL, or CSV/TSV/JSONL with one column per language")
-    p.add_argument("--langs", required=True, help="comma-separated target languages, e.g. zh,ru,sw")
+    p.add_argument("--target-languages", "--langs", dest="target_languages", required=True,
+                   help="comma-separated languages to translate into, e.g. zh,ru,sw")
     p.add_argument("--backend", default="corpus", help="corpus | corpus:<file> | mt:<model> | llm:<model>")
     p.add_argument("--out", required=True, help="output PromptSet JSONL")
     p.add_argument("--src", default="en", help="source language (default en)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_input(args.input)
     translator = make_translator(args.backend, device=args.device, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens)
-    langs = [code for code in args.langs.split(",") if code.strip()]
+    langs = [code for code in args.target_languages.split(",") if code.strip()]
     rows = translate_rows(prompts, translator, langs, src=args.src, cache=args.cache)
     checked = check_translations(rows)
     filled = fill_from_rows(prompts, rows)
