@@ -50,7 +50,8 @@ def main() -> None:
         "name": "transfer_timing",
         "what": "mlcwb reproduce --preset transfer, seconds per stage as reproduce records them, "
                 "against the run before the cheaper evaluation (stage 05 there + its utility rerun)",
-        "before": before, "after": {}}
+        "after": {}}
+    record["before"] = before
     for stage in args.stages:
         stamp = json.loads((Path(args.run) / "stages" / f"{stage}.json").read_text(encoding="utf-8"))
         seconds = float(stamp["seconds"])
