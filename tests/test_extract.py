@@ -444,5 +444,5 @@ def test_cli_registers_extract() -> None:
     args = parser.parse_args(["extract", "--languages", "en,zh", "--layers", "0,-1", "--pooling",
                               "content_mean", "--split", "test", "--out", "runs/x"])
     assert args.cmd == "extract" and args.pooling == "content_mean" and callable(args.func)
-    assert args.languages == "en,zh" == parser.parse_args(["extract", "--langs", "en,zh"]).languages
+    assert args.languages == "en,zh" == parser.parse_args(["extract", "--langs", "en,zh", "--out", "x"]).languages
     assert args.layers == "0,-1" and args.out == "runs/x"
