@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlcwb.backbone import position_ids
-from mlcwb.prefix import prompt_rows
+from mlcwb.prefix import pack_after_prefix, prompt_rows
 
 
 @dataclass
@@ -55,7 +55,7 @@ def reference_openings(model: Any, tokenizer: Any, groups: Sequence[Sequence[str
     as the workbench's greedy answers start (``generation.answer_rows``' settings and shared
     prefix), with ``model``'s top-``m`` log-probs at each step, from ``model`` as it is now."""
     from mlcwb.generation import eos_ids, generation_kwargs
-    from mlcwb.prefix import cache_kwargs, compute_prefix, expand_cache, pack_after_prefix
+    from mlcwb.prefix import cache_kwargs, compute_prefix, expand_cache
 
     n, per = len(groups), (len(groups[0]) - 1 if groups else 0)
     rows = prompt_rows(tokenizer, [text for group in groups for text in group[1:]], chat_template)
@@ -84,16 +84,6 @@ def reference_openings(model: Any, tokenizer: Any, groups: Sequence[Sequence[str
                     torch.cat(top_logps).view(n, per, k, m), valid.view(n, per, k))
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(list(row))
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def _before_end(tokens: Tensor, ends: set[int]) -> Tensor:
     """True up to and including each row's first end token (what follows it is not an answer)."""
     is_end = torch.zeros_like(tokens, dtype=torch.bool)
@@ -109,7 +99,7 @@ def encode_openings(tokenizer: Any, texts: Sequence[str], tokens: Tensor, chat_t
     last ``k`` positions predict the reference's ``k`` answer tokens."""
     k = tokens.shape[1]
     rows = [row + tokens[i, :k - 1].tolist() for i, row in enumerate(prompt_rows(tokenizer, texts, chat_template))]
-    ids, mask = _left_pad(rows, pad_id)
+    ids, mask = pack_after_prefix(rows, 0, pad_id, "left")  # no shared prefix: plain left padding
     return {"input_ids": ids, "attention_mask": mask}
 
 
