@@ -194,8 +194,9 @@ def generate(model: Any, tokenizer: Any, prompts: Prompts, langs: Sequence[str] 
     ``prompts`` is a PromptSet, a list of Prompt objects, or a list of strings. With ``out_path``
     each response is appended as soon as its batch finishes and rows already there (same model
     fingerprint and settings) are skipped, so a rerun only does what is missing. Prompts are
-    sorted by length inside each language so that a batch wastes little on padding, and the
-    chat template's shared prefix is computed once per call (``reuse_prefix``). Each row carries
+    sorted by length across languages, so that every batch is full and wastes little on padding
+    (a set of 24 prompts per language still fills batches of 64), and the chat template's shared
+    prefix is computed once per call (``reuse_prefix``). Each row carries
     ``refusal_score``, the log-odds that the answer opens with a refusal, read off the first
     generation step (``mlcwb.refusal_score``). Sampling (``do_sample=True``) is seeded per
     batch: reproducible for the same seed, batch size and prompt order.
@@ -215,7 +216,7 @@ def generate(model: Any, tokenizer: Any, prompts: Prompts, langs: Sequence[str] 
     if done:
         log.info("resuming: %d of %d responses already in %s", len(jobs) - len(todo), len(jobs), out)
     rows = dict(zip(todo, prompt_rows(tokenizer, [j.prompt for j in todo], chat_template))) if todo else {}
-    todo.sort(key=lambda j: (j.lang, -len(rows[j])))
+    todo.sort(key=lambda j: -len(rows[j]))  # stable: equal lengths keep the language-major order
     prefix = compute_prefix(model, list(rows.values())) if reuse_prefix and todo else SharedPrefix()
     results = dict(done)
     bar = tqdm(total=len(todo), desc="generate", disable=not progress or not todo)

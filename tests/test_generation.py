@@ -136,6 +136,36 @@ def test_prefix_reuse_changes_no_greedy_answer_tiny(tiny_llama):
     assert np.allclose(reused["refusal_score"], plain["refusal_score"], atol=1e-3)
 
 
+def test_batches_mix_languages_and_change_no_greedy_answer_tiny(tiny_llama, monkeypatch):
+    """Batches are filled across languages (sorted by length) and each answer is the one its
+    language would get in a batch of its own."""
+    model, tok = tiny_llama
+    model = _lively(model)
+    prompts = _prompt_set()
+    alone = {lang: generate(model, tok, prompts, [lang], max_new_tokens=12, batch_size=4, progress=False)
+             for lang in ("en", "fr")}
+    batches: list[list[str]] = []
+    lengths: list[int] = []
+    answer_rows = ev.answer_rows
+
+    def recording(model, tokenizer, rows, prefix, langs, *args):
+        batches.append(list(langs))
+        lengths.extend(len(r) for r in rows)
+        return answer_rows(model, tokenizer, rows, prefix, langs, *args)
+
+    monkeypatch.setattr(ev, "answer_rows", recording)
+    mixed = generate(model, tok, prompts, ["en", "fr"], max_new_tokens=12, batch_size=4, progress=False)
+    assert [len(b) for b in batches] == [4, 2]  # two batches for six answers, not one per language
+    assert any(len(set(b)) == 2 for b in batches)
+    assert lengths == sorted(lengths, reverse=True)  # longest first over all languages: least padding
+    for lang, frame in alone.items():
+        got = mixed[mixed["lang"] == lang].reset_index(drop=True)
+        assert got["response"].tolist() == frame["response"].tolist()
+        assert np.allclose(got["refusal_score"], frame["refusal_score"], atol=1e-4)
+    assert mixed["response"].nunique() >= 3
+    assert list(zip(mixed["id"], mixed["lang"])) == [(p.id, lang) for lang in ("en", "fr") for p in prompts]
+
+
 def test_refusal_score_is_the_first_token_log_odds(tiny_llama):
     from mlcwb.refusal_score import opening_token_ids, refusal_log_odds
     from mlcwb.screen import prefill_scores
