@@ -143,7 +143,7 @@ def _geometry_section(run: Path) -> tuple[Section | None, dict[str, Any] | None]
         arms = training.get("arms") or ["align", "mlc", "mlc_seq"]
         keys = [k for k in ("before", *arms) if k in training]
         section.tables.append((
-            f"Held-out MLC objective at the last layer ({training.get('pooling')} pooling, "
+            f"Held-out MLC objective at the last layer ({training.get('mlc_pooling')} pooling, "
             f"{training.get('heldout_prompts')} prompts; floor {training['floor']:.4f})",
             pd.DataFrame({"MLC objective": {METHOD_LABELS.get(k, k): training[k] for k in keys}})
             .rename_axis("model").round(4)))

@@ -262,7 +262,7 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
     assert saved["steps"] == {"align": 4, "mlc": 4, "mlc_seq": 8}
     assert saved["probe_auroc"]["mlc"] == {"en": 0.8123, "zh": 0.7}
     section, training = _geometry_section(tmp_path)
-    assert training == saved and "floor 0.0400" in section.tables[0][0]
+    assert training == saved and "(last pooling, 8 prompts; floor 0.0400)" in section.tables[0][0]
     assert section.tables[2][1].loc["+ MLC (joint)", "zh"] == 0.7
     assert reading(None, training)[0].startswith("MLC lowered the held-out MLC objective")
     plain = json.loads(save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh"], "last", 8,
