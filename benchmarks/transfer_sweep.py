@@ -53,9 +53,10 @@ any second-round candidate ran (``DECISION``):
    judge reached 0.9); a form is chosen only from generated, judged answers.
 
 Results go to ``benchmarks/results/transfer_sweep.json`` one candidate at a time (a stopped sweep
-resumes with the candidates it has not recorded, and a candidate stopped mid-training resumes from
-its last checkpoint under ``--work-dir``), and ``mlcwb.reproduce`` cites that file as the
-reason for the preset's settings.
+resumes with the candidates it has not recorded, measures the raw model again if its record
+predates the second round's utility and collapse fields, and a candidate stopped mid-training
+resumes from its last checkpoint under ``--work-dir``), and ``mlcwb.reproduce`` cites that file
+as the reason for the preset's settings.
 """
 
 from __future__ import annotations
@@ -265,6 +266,20 @@ def decision_problems(c: dict, twin: dict) -> list[str]:
     return problems
 
 
+def measured_for_decision(candidate: dict) -> bool:
+    """Whether a recorded candidate carries what the second-round rule reads of a twin: the
+    utility perplexity and the collapse flag per language (the first round recorded neither)."""
+    return all("utility_perplexity" in r and "collapsed" in r for r in candidate.get("per_language", []))
+
+
+def pending(results: dict[str, dict], only: list[str] | None) -> list[tuple[str, dict]]:
+    """The candidates still to measure: those not recorded, and the raw model again when its record
+    predates the second round (the twin of every form of MLC alone must carry utility)."""
+    return [(name, settings) for name, settings in [("raw", {}), *CANDIDATES.items()]
+            if (not only or name in only)
+            and (name not in results or (name == "raw" and not measured_for_decision(results[name])))]
+
+
 def decision_choice(candidates: list[dict]) -> tuple[str | None, dict[str, list[str]]]:
     """The second round's rule: each MLC form's problems, and the form chosen (None: none works)."""
     by_name = {c["name"]: c for c in candidates}
@@ -327,8 +342,7 @@ def main() -> None:
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     results = {r["name"]: r for r in previous.get("candidates", [])}
-    todo = [(name, settings) for name, settings in [("raw", {}), *CANDIDATES.items()]
-            if name not in results and (not args.only or name in args.only)]
+    todo = pending(results, args.only)
     for name, settings in todo:
         t0 = time.perf_counter()
         source, steps, log, resumed_from = args.model, 0, [], 0

@@ -70,3 +70,17 @@ def test_the_rule_is_part_of_the_docstring_the_json_records(sweep):
     for name, settings in sweep.CANDIDATES.items():
         if "+mlc-" in name:
             assert name.split("+")[0] in sweep.CANDIDATES  # every joint form has its twin
+
+
+def test_a_raw_record_from_the_first_round_is_measured_again(sweep):
+    """Forms of MLC alone are judged against the raw model, so a raw record without utility or the
+    collapse flag (the first round kept neither) is measured again; other records are kept."""
+    first_round = {"name": "raw", "per_language": [{"lang": "en", "discrimination": 54.2}]}
+    old_form = {"name": "mlc-official-1e-6", "per_language": [{"lang": "en", "discrimination": 1.0}]}
+    todo = [name for name, _ in sweep.pending({"raw": first_round, old_form["name"]: old_form}, None)]
+    assert todo[0] == "raw" and old_form["name"] not in todo and TWIN in todo
+    current = _candidate("raw")
+    for row in current["per_language"]:
+        row["collapsed"] = False
+    assert "raw" not in [name for name, _ in sweep.pending({"raw": current}, None)]
+    assert [name for name, _ in sweep.pending({"raw": first_round}, [TWIN])] == [TWIN]
