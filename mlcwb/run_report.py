@@ -99,6 +99,8 @@ def _criterion_sweep_section(sweep: dict[str, Any], where: str) -> Section:
             "steps": c["steps"], "train s": c["train_s"], "en safety": c["en_safety"],
             "en over-refusal": c["en_over_refusal"], "en discrimination": c["en_discrimination"],
             "others' discrimination (mean)": c["others_discrimination_mean"], "gap": c["gap"],
+            "answers in the prompt's language (lowest)": min(
+                (r["lang_match"] for r in c.get("per_language", []) if "lang_match" in r), default="–"),
             "collapsed": ", ".join(c.get("collapsed_langs", [])) or "–"}
     setup = sweep["setup"]
     chosen = sweep.get("chosen")
@@ -111,8 +113,28 @@ def _criterion_sweep_section(sweep: dict[str, Any], where: str) -> Section:
          f"English discrimination minus the other languages' mean. {where}",
          f"Criterion, written before the sweep ran: {sweep['criterion']}",
          f"Chosen: `{chosen}`." if chosen else
-         "No candidate met the criterion: the preset keeps its settings for the reasons in its notes."],
+         "No candidate met the criterion: the preset keeps its settings for the reasons in its notes.",
+         *_second_round_sentences(sweep)],
         [("Candidates (rates in %)", pd.DataFrame(rows).T)])
+
+
+def _second_round_sentences(sweep: dict[str, Any]) -> list[str]:
+    """The second round's outcome as the sweep recorded it: which English alignment raised
+    English discrimination, and what stops each form of MLC (or which one works)."""
+    raised = sweep.get("sharp_alignment_raised_en_discrimination")
+    problems = sweep.get("decision_problems") or {}
+    out = []
+    if raised is not None:
+        out.append("Second round, sharper English alignment: "
+                   + (f"raised English discrimination over the raw model: {', '.join(raised)}."
+                      if raised else "none raised English discrimination over the raw model."))
+    if problems:
+        chosen = sweep.get("decision_chosen")
+        out.append("Second round, forms of MLC: "
+                   + (f"`{chosen}` works and is chosen. " if chosen else "no form works yet. ")
+                   + " ".join(f"`{name}`: {'; '.join(found) if found else 'works'}."
+                              for name, found in problems.items()))
+    return out
 
 
 def _data_section(languages: list[str] | None) -> Section:

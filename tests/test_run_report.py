@@ -171,6 +171,19 @@ def test_choice_section_states_a_sweeps_criterion_and_choice(tmp_path, monkeypat
     assert any("Chosen: `sft-b`" in p for p in section.paragraphs)
     table = section.tables[0][1]
     assert table.loc["sft-b", "gap"] == 56.0 and table.loc["raw", "align"] == "–"
+    assert not any("Second round" in p for p in section.paragraphs)
+    sweep.update(sharp_alignment_raised_en_discrimination=[], decision_chosen="mlc-label-1e-6",
+                 decision_problems={"sft-b+mlc-label": ["collapsed in zh"], "mlc-label-1e-6": []})
+    sweep["candidates"][1]["per_language"] = [{"lang": "en", "lang_match": 100.0},
+                                              {"lang": "zh", "lang_match": 12.5}]
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    section = _choice_section(Preset("p", "d", {"model_name": "m"}, sweep="sweep.json"))
+    assert "none raised English discrimination over the raw model." in section.paragraphs[-2]
+    assert section.paragraphs[-1] == ("Second round, forms of MLC: `mlc-label-1e-6` works and is chosen. "
+                                      "`sft-b+mlc-label`: collapsed in zh. `mlc-label-1e-6`: works.")
+    table = section.tables[0][1]
+    assert table.loc["sft-a", "answers in the prompt's language (lowest)"] == 12.5
+    assert table.loc["raw", "answers in the prompt's language (lowest)"] == "–"
 
 
 def test_the_quick_preset_cites_a_committed_sweep():
