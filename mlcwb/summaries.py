@@ -30,10 +30,10 @@ def _rounded(frame: pd.DataFrame | None) -> dict[str, Any] | None:
     return None if frame is None else frame.round(4).to_dict(orient="index")
 
 
-def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooling: str,
+def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], mlc_pooling: str,
                      heldout_prompts: int, steps: Mapping[str, int], *,
-                     mlc_languages: Sequence[str] | None = None, variant: str = "official",
-                     layer: int | None = None, distinctness: pd.DataFrame | None = None,
+                     mlc_languages: Sequence[str] | None = None, mlc_variant: str = "official",
+                     mlc_layer: int | None = None, distinctness: pd.DataFrame | None = None,
                      probe_auroc: pd.DataFrame | None = None,
                      settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Notebook 04's result in the form the report and notebook 05 read.
@@ -41,7 +41,7 @@ def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooli
     The held-out MLC objective at the last layer for each model (the ``model`` column of
     ``collinearity``: ``before`` and every arm) and its floor, how it was measured, which
     languages MLC trained on (``unseen``: measured but not trained on), the optimiser steps of
-    each arm, and, at the MLC ``layer``, the held-out distinctness and English-probe AUROC
+    each arm, and, at ``mlc_layer``, the held-out distinctness and English-probe AUROC
     frames (one row per model). ``settings``: everything that shaped each arm
     (``experiment.arm_settings``), stored under ``settings`` and shown by the report.
     """
@@ -54,9 +54,9 @@ def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooli
     losses = last.groupby("model", sort=False)["mlc_loss"].first()
     mlc_langs = list(mlc_languages or languages)
     return {"floor": float(last["floor"].iloc[0]), "objective_layer": last_layer,
-            "mlc_pooling": pooling, "languages": list(languages), "mlc_languages": mlc_langs,
-            "unseen": unseen_languages(languages, mlc_langs), "mlc_variant": variant,
-            "mlc_layer": last_layer if layer is None else int(layer), "arms": list(steps),
+            "mlc_pooling": mlc_pooling, "languages": list(languages), "mlc_languages": mlc_langs,
+            "unseen": unseen_languages(languages, mlc_langs), "mlc_variant": mlc_variant,
+            "mlc_layer": last_layer if mlc_layer is None else int(mlc_layer), "arms": list(steps),
             "steps": {k: int(v) for k, v in steps.items()}, "heldout_prompts": int(heldout_prompts),
             **{str(m): float(v) for m, v in losses.items()},
             "distinctness": _rounded(distinctness), "probe_auroc": _rounded(probe_auroc),
@@ -64,12 +64,12 @@ def training_summary(collinearity: pd.DataFrame, languages: Sequence[str], pooli
 
 
 def save_training_summary(run: str | Path, collinearity: pd.DataFrame, languages: Sequence[str],
-                          pooling: str, heldout_prompts: int, steps: Mapping[str, int],
+                          mlc_pooling: str, heldout_prompts: int, steps: Mapping[str, int],
                           **measured: Any) -> Path:
     """Write ``training_summary`` (``measured``: its keyword arguments) to
     ``run/metrics/04_mlc_training.json``; returns the path."""
     return atomic_write_json(Path(run) / TRAINING_JSON, training_summary(
-        collinearity, languages, pooling, heldout_prompts, steps, **measured))
+        collinearity, languages, mlc_pooling, heldout_prompts, steps, **measured))
 
 
 def _records(frame: pd.DataFrame) -> dict[str, Any]:

@@ -263,7 +263,7 @@ def test_save_training_summary_writes_what_the_report_reads(tmp_path):
     probe = pd.DataFrame({"en": [0.8, 0.81234], "zh": [0.6, 0.7]}, index=["before", "mlc"])
     path = save_training_summary(tmp_path, pd.DataFrame(rows), ["en", "zh", "ru"], "last", 8,
                                  {"align": 4, "mlc": 4, "mlc_seq": 8}, mlc_languages=["en", "zh"],
-                                 variant="contrastive", layer=0, distinctness=spread,
+                                 mlc_variant="contrastive", mlc_layer=0, distinctness=spread,
                                  probe_auroc=probe)
     assert path == tmp_path / "metrics" / "04_mlc_training.json"
     saved = json.loads(path.read_text())
